@@ -1,0 +1,173 @@
+//! Connections to the real services of the local test environment (`deploy/testenv/up.sh`) for
+//! the project's integration tests.
+//!
+//! Every accessor checks that its service answers and panics with a message naming the service and
+//! how to start it when it does not: a test that needs a service never passes or skips because the
+//! service is missing.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const HOW_TO_START: &str = "start the test environment with `deploy/testenv/up.sh` and \
+     `source deploy/testenv/.run/env`, or run the README test command `deploy/test.sh`";
+
+/// How long a service may take to answer the reachability check.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn required_env(name: &str, service: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("{service} is not configured: {name} is not set; {HOW_TO_START}"),
+    }
+}
+
+/// An error with all its causes, `outer: inner: root`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// A name unique to this test process and call, usable as a Kubernetes name or a Kafka topic.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
+}
+
+/// A kube client for the test environment's API server, after checking that it answers.
+pub async fn kube_client() -> Client {
+    let path = required_env("KUBECONFIG", "the Kubernetes API server");
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("cannot read KUBECONFIG {path}: {e}; {HOW_TO_START}"));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid KUBECONFIG {path}: {e}"));
+    let url = config.cluster_url.clone();
+    let client = Client::try_from(config).expect("kube client from the test kubeconfig");
+    match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => client,
+        Ok(Err(e)) => panic!(
+            "the Kubernetes API server at {url} is not reachable: {}; {HOW_TO_START}",
+            error_chain(&e)
+        ),
+        Err(_) => panic!(
+            "the Kubernetes API server at {url} did not answer within {PROBE_TIMEOUT:?}; {HOW_TO_START}"
+        ),
+    }
+}
+
+/// A fresh namespace, deleted again when the returned guard is dropped (best effort, in the
+/// background: namespace deletion is asynchronous in Kubernetes anyway).
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("iotcloud.dev/test".to_string(), "true".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::background()).await;
+            });
+        }
+    }
+}
+
+/// The Kafka bootstrap address of the test environment, after checking that a broker answers.
+pub fn kafka_bootstrap() -> String {
+    let bootstrap = required_env("IOT_KAFKA_BOOTSTRAP", "Kafka");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("kafka client config");
+    if let Err(e) = consumer.fetch_metadata(None, PROBE_TIMEOUT) {
+        panic!("Kafka at {bootstrap} is not reachable: {e}; {HOW_TO_START}");
+    }
+    bootstrap
+}
+
+/// Creates a topic and waits until the broker reports it with the requested partition count.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("kafka admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(PROBE_TIMEOUT)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Kafka at {bootstrap}: create topic {topic}: {e}"));
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("Kafka at {bootstrap}: create topic {t}: {e}"));
+    }
+}
+
+/// The MQTT broker URL of the test environment (`mqtt://host:port`), after checking that the
+/// broker accepts TCP connections.
+pub async fn mqtt_url() -> String {
+    let url = required_env("IOT_MQTT_URL", "Mosquitto (the MQTT broker)");
+    let addr = url
+        .strip_prefix("mqtt://")
+        .unwrap_or_else(|| panic!("IOT_MQTT_URL must look like mqtt://host:port, got {url}"))
+        .trim_end_matches('/')
+        .to_string();
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => url,
+        Ok(Err(e)) => {
+            panic!("Mosquitto (the MQTT broker) at {addr} is not reachable: {e}; {HOW_TO_START}")
+        }
+        Err(_) => panic!("Mosquitto (the MQTT broker) at {addr} did not answer; {HOW_TO_START}"),
+    }
+}
+
+/// MQTT options for `url` with the given client id.
+pub fn mqtt_options(url: &str, client_id: &str) -> rumqttc::MqttOptions {
+    rumqttc::MqttOptions::parse_url(format!("{url}?client_id={client_id}"))
+        .unwrap_or_else(|e| panic!("bad MQTT url {url}: {e}"))
+}

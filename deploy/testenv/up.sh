@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# Starts the local test environment on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kwok (one fake node), Apache Kafka (KRaft, single node) and Mosquitto.
+# Builds or installs what is missing first (cached under ~/.cache/iot-cloud, keyed by version).
+# Idempotent: a service that is already running is left alone.
+#
+#   deploy/testenv/up.sh                 build what is missing, start everything
+#   deploy/testenv/up.sh kafka mosquitto start (or restart after down.sh NAME) only these
+#
+# Afterwards `source deploy/testenv/.run/env` gives KUBECONFIG, IOT_KAFKA_BOOTSTRAP, IOT_MQTT_URL
+# and a PATH with kubectl, helm, promtool and kwok.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+mkdir -p "$RUN_DIR"/{pids,logs,data,bin}
+
+stage() { # stage NAME COMMAND...: runs one step and prints how long it took
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  log "$name ready ($((SECONDS - start)) s)"
+}
+
+# wait_for NAME SECONDS COMMAND...: polls COMMAND until it succeeds; on timeout, names the service
+# and shows the end of its log.
+wait_for() {
+  local name=$1 timeout=$2 deadline=$((SECONDS + $2))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! service_pid "$name" >/dev/null; then
+      tail -n 30 "$RUN_DIR/logs/$name.log" >&2 || true
+      die "$name exited during start-up (log: $RUN_DIR/logs/$name.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$RUN_DIR/logs/$name.log" >&2 || true
+      die "$name not ready after ${timeout}s (log: $RUN_DIR/logs/$name.log)"
+    fi
+    sleep 0.5
+  done
+}
+
+# launch NAME COMMAND...: starts COMMAND in the background in its own session, logging to
+# .run/logs/NAME.log, unless NAME is already running.
+launch() {
+  local name=$1
+  shift
+  if service_pid "$name" >/dev/null; then
+    log "$name already running (pid $(service_pid "$name"))"
+    return 0
+  fi
+  local port
+  port=$(service_port "$name")
+  if [[ -n $port ]] && port_open "$port"; then
+    die "port $port for $name is taken by a process this script did not start; stop it or set IOT_TESTENV_* ports"
+  fi
+  setsid "$@" >"$RUN_DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$(pid_file "$name")"
+}
+
+ensure_tools() {
+  "$TESTENV_DIR/build-tools.sh"
+  if [[ ! -f $KAFKA_HOME/libs/kafka_$KAFKA_SCALA-$KAFKA_VERSION.jar ]]; then
+    log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
+    rm -rf "$KAFKA_HOME.tmp"
+    mvn -q -B -f "$TESTENV_DIR/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+      -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$KAFKA_HOME.tmp/libs"
+    rm -rf "$KAFKA_HOME" && mv "$KAFKA_HOME.tmp" "$KAFKA_HOME"
+  fi
+  if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+    log "installing mosquitto from Debian"
+    (apt-get install -y mosquitto mosquitto-clients >/dev/null 2>&1) ||
+      { apt-get update >/dev/null && apt-get install -y mosquitto mosquitto-clients >/dev/null; }
+  fi
+  local t
+  for t in "$K8S_BIN"/* "$ETCD_BIN/etcd" "$KWOK_BIN/kwok" "$HELM_BIN/helm" "$PROMTOOL_BIN/promtool"; do
+    ln -sf "$t" "$TOOLS_BIN/"
+  done
+}
+
+start_etcd() {
+  launch etcd "$ETCD_BIN/etcd" --name=testenv --data-dir="$RUN_DIR/data/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --log-level=warn --quota-backend-bytes=4294967296
+  wait_for etcd 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+write_kubeconfig() {
+  cat >"$RUN_DIR/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $RUN_DIR/certs/ca.crt
+users:
+- name: admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: iot-cloud-testenv
+  context: {cluster: testenv, user: admin, namespace: default}
+current-context: iot-cloud-testenv
+EOF
+}
+
+start_apiserver() {
+  mkdir -p "$RUN_DIR/certs"
+  [[ -f $RUN_DIR/certs/sa.key ]] || openssl genrsa -out "$RUN_DIR/certs/sa.key" 2048 2>/dev/null
+  echo "$ADMIN_TOKEN,admin,admin-uid,\"system:masters\"" >"$RUN_DIR/certs/tokens.csv"
+  # A small CA and a serving certificate for 127.0.0.1/localhost signed by it, so that clients
+  # verify the server (kube-rs checks the IP SAN) instead of skipping TLS verification.
+  local c="$RUN_DIR/certs"
+  if [[ ! -f $c/apiserver.crt ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=iot-cloud-testenv-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout "$c/apiserver.key" -out "$c/apiserver.csr" 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc" >"$c/apiserver.ext"
+    openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$c/apiserver.ext" -out "$c/apiserver.crt" 2>/dev/null
+  fi
+  launch kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$RUN_DIR/certs/apiserver.crt" --tls-private-key-file="$RUN_DIR/certs/apiserver.key" \
+    --client-ca-file="$RUN_DIR/certs/ca.crt" \
+    --token-auth-file="$RUN_DIR/certs/tokens.csv" --authorization-mode=Node,RBAC \
+    --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
+    --service-account-key-file="$RUN_DIR/certs/sa.key" \
+    --service-account-signing-key-file="$RUN_DIR/certs/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true \
+    --enable-priority-and-fairness=false --max-requests-inflight=1000 --max-mutating-requests-inflight=500 \
+    --profiling=false
+  write_kubeconfig
+  wait_for kube-apiserver 120 "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" get --raw /readyz
+}
+
+start_controller_manager() {
+  launch kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$RUN_DIR/kubeconfig" --secure-port=0 --leader-elect=false \
+    --service-account-private-key-file="$RUN_DIR/certs/sa.key" \
+    --root-ca-file="$RUN_DIR/certs/ca.crt" \
+    --kube-api-qps=500 --kube-api-burst=1000 --concurrent-deployment-syncs=10 \
+    --concurrent-replicaset-syncs=10 --concurrent-gc-syncs=20 \
+    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-pvc-protection,-pv-protection'
+  # Ready once the service-account controller has created the default namespace's account.
+  wait_for kube-controller-manager 90 "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" \
+    get serviceaccount default -n default
+}
+
+start_scheduler() {
+  launch kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$RUN_DIR/kubeconfig" \
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --kube-api-qps=500 --kube-api-burst=1000
+  sleep 1
+  service_pid kube-scheduler >/dev/null || { tail -20 "$RUN_DIR/logs/kube-scheduler.log"; die "kube-scheduler exited"; }
+}
+
+start_kwok() {
+  launch kwok "$KWOK_BIN/kwok" --kubeconfig="$RUN_DIR/kubeconfig" --config="$TESTENV_DIR/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr=10.244.0.0/16 --node-ip=10.244.0.1 --server-address=127.0.0.1:0
+  "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-0
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: kwok-node-0
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+status:
+  allocatable: {cpu: "64", memory: 256Gi, pods: "1000"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "1000"}
+EOF
+  wait_for kwok 60 "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" wait --for=condition=Ready \
+    node/kwok-node-0 --timeout=2s
+  # The API server taints every new node not-ready; the node lifecycle controller that would lift
+  # it is off (it would mark the heartbeat-less fake node unhealthy), so lift it here.
+  "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" taint node kwok-node-0 \
+    node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+}
+
+start_kafka() {
+  local props="$RUN_DIR/kafka.properties" data="$RUN_DIR/data/kafka"
+  cat >"$props" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.messages=9223372036854775807
+EOF
+  local cp="$KAFKA_HOME/libs/*"
+  local jvm=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$TESTENV_DIR/kafka/log4j2.properties" -cp "$cp")
+  if [[ ! -f $data/meta.properties ]]; then
+    "${jvm[@]}" kafka.tools.StorageTool format --standalone -t "$(cat /proc/sys/kernel/random/uuid | tr -d - | head -c 22)" \
+      -c "$props" >"$RUN_DIR/logs/kafka-format.log" 2>&1 || { cat "$RUN_DIR/logs/kafka-format.log"; die "kafka storage format failed"; }
+  fi
+  launch kafka "${jvm[@]}" kafka.Kafka "$props"
+  wait_for kafka 120 grep -q "Kafka Server started" "$RUN_DIR/logs/kafka.log"
+}
+
+start_mosquitto() {
+  cat >"$RUN_DIR/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 1000
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+EOF
+  local bin
+  bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  launch mosquitto "$bin" -c "$RUN_DIR/mosquitto.conf"
+  wait_for mosquitto 30 port_open "$MQTT_PORT"
+}
+
+write_env() {
+  cat >"$RUN_DIR/env" <<EOF
+# Written by deploy/testenv/up.sh: \`source\` it to use the local test environment.
+export KUBECONFIG=$RUN_DIR/kubeconfig
+export IOT_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export IOT_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
+export IOT_TESTENV_RUN_DIR=$RUN_DIR
+case ":\$PATH:" in *":$TOOLS_BIN:"*) ;; *) export PATH=$TOOLS_BIN:\$PATH ;; esac
+EOF
+}
+
+declare -A START=([etcd]=start_etcd [kube-apiserver]=start_apiserver
+  [kube-controller-manager]=start_controller_manager [kube-scheduler]=start_scheduler
+  [kwok]=start_kwok [kafka]=start_kafka [mosquitto]=start_mosquitto)
+
+total=$SECONDS
+wanted=("$@")
+if ((${#wanted[@]} == 0)); then
+  stage "tools" ensure_tools
+  wanted=("${SERVICES[@]}")
+fi
+for name in "${wanted[@]}"; do
+  [[ -n ${START[$name]:-} ]] || die "unknown service '$name' (known: ${SERVICES[*]})"
+  stage "$name" "${START[$name]}"
+done
+write_env
+log "test environment up in $((SECONDS - total)) s; use: source $RUN_DIR/env"

@@ -1,0 +1,3 @@
+//! Everything the operator asks of Kafka.
+
+pub mod lag;

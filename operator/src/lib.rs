@@ -1,0 +1,5 @@
+//! The IoT Cloud operator as a library, so that its pure parts can be unit-tested and benchmarked
+//! and its integration tests can drive the same code the binary runs.
+#![forbid(unsafe_code)]
+
+pub mod kafka;
