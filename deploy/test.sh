@@ -8,21 +8,47 @@ cd "$(dirname "$0")/.."
 
 declare -a SUMMARY=()
 stage() { # stage NAME COMMAND...
-  local name=$1 start=$SECONDS
+  local name=$1 start=$SECONDS rc=0
   shift
   printf '\n==> %s\n' "$name" >&2
-  "$@"
-  SUMMARY+=("$(printf '%-36s %5d s' "$name" $((SECONDS - start)))")
-  printf '==> %s: done in %d s\n' "$name" $((SECONDS - start)) >&2
+  "$@" || rc=$?
+  SUMMARY+=("$(printf '%-40s %5d s' "$name" $((SECONDS - start)))$( ((rc)) && echo "  FAILED ($rc)")")
+  printf '==> %s: %s in %d s\n' "$name" "$( ((rc == 0)) && echo done || echo "FAILED ($rc)")" $((SECONDS - start)) >&2
+  return "$rc"
 }
 
 stage "test environment up" deploy/testenv/up.sh
 # shellcheck source=/dev/null
 source deploy/testenv/.run/env
 
+# The cluster answers as a user's kubectl sees it.
+cluster_smoke() {
+  [[ $(kubectl get --raw /readyz) == ok ]] || { echo "kube-apiserver /readyz is not ok" >&2; return 1; }
+  kubectl wait --for=condition=Ready node/kwok-node-0 --timeout=30s >/dev/null
+  helm version --short >/dev/null && promtool --version >/dev/null
+}
+
+TEST_LOG=$(mktemp)
+cargo_tests() {
+  # Unit and integration tests of every crate (doc-tests have none worth the compile time).
+  cargo test --locked --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee "$TEST_LOG"
+  return "${PIPESTATUS[0]}"
+}
+
+stage "cluster smoke (kubectl, helm, promtool)" cluster_smoke
 stage "cargo build (tests)" cargo build --locked --workspace --all-targets
-stage "cargo test (unit + integration)" cargo test --locked --workspace --no-fail-fast
-stage "missing services fail loudly" deploy/testenv/check-missing-services.sh
+status=0
+stage "cargo test (unit + integration)" cargo_tests || status=$?
+if ((status == 0)); then
+  stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
+fi
 
 printf '\nStage durations:\n' >&2
 printf '  %s\n' "${SUMMARY[@]}" >&2
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+  if ($(i + 1) ~ /^passed;/) p += $i; if ($(i + 1) ~ /^failed;/) f += $i } }
+  END { print p + 0, f + 0 }' "$TEST_LOG")
+rm -f "$TEST_LOG"
+# The closing line CI reads.
+echo "tests: $passed passed, $failed failed"
+exit "$status"
