@@ -2,4 +2,8 @@
 //! and its integration tests can drive the same code the binary runs.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod crd;
 pub mod kafka;
+pub mod registry;
+pub mod telemetry;

@@ -1,3 +1,4 @@
 //! Everything the operator asks of Kafka.
 
 pub mod lag;
+pub mod topics;

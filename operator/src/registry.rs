@@ -1,0 +1,483 @@
+//! The enrichment context the workers read: every DeviceType and the active Applications of each,
+//! as JSON in the ConfigMap `iot-registry` (key `registry.json`), mounted as a file and reloaded
+//! on change, so that workers never call the Kubernetes API.
+//!
+//! [`build_registry`] is a pure function of the objects; the same input always gives the same
+//! bytes (maps and lists are sorted), so the operator can apply the ConfigMap only when it changed.
+
+use std::collections::BTreeMap;
+
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{
+    Application, DeviceType, Measurement, Platform, TopicNames, ValidationMode, all_enriched_topic,
+    deadletter_topic, validate,
+};
+
+/// Name of the ConfigMap holding the registry.
+pub const CONFIG_MAP_NAME: &str = "iot-registry";
+/// Key of the registry JSON in the ConfigMap.
+pub const CONFIG_MAP_KEY: &str = "registry.json";
+/// Version of the JSON layout; workers refuse a registry with a version they do not know.
+pub const FORMAT_VERSION: u32 = 1;
+/// Namespace assumed for objects that have none (manifests not yet applied).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The whole enrichment context.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registry {
+    /// Layout version, [`FORMAT_VERSION`].
+    pub version: u32,
+    /// Prefix of every topic name, e.g. `iot`.
+    pub topic_prefix: String,
+    /// Topics shared by all device types.
+    pub topics: SharedTopics,
+    /// Device types by id (`spec.deviceType`), sorted by id.
+    pub device_types: BTreeMap<String, RegistryDeviceType>,
+    /// Objects left out, and why (duplicate ids, invalid specs); empty when all is well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+/// Topics shared by all device types.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedTopics {
+    /// Enriched messages of all device types, e.g. `iot.enriched`.
+    pub enriched: String,
+    /// Messages that could not be carried, e.g. `iot.deadletter`.
+    pub deadletter: String,
+}
+
+/// What the enrichment adds about one device type (the seed's `device_metadata`) and who reads
+/// it (the seed's `application_registry`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryDeviceType {
+    /// Device-type id, e.g. `smart_breaker`.
+    pub id: String,
+    /// The DeviceType object, `namespace/name`.
+    pub source: String,
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_frequency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policy: Option<String>,
+    /// Measurements with units and ranges, as in the DeviceType spec.
+    #[serde(default)]
+    pub measurements: BTreeMap<String, Measurement>,
+    /// What to do with out-of-range measurements.
+    pub validation: ValidationMode,
+    /// The device type's raw and enriched topics.
+    pub topics: TopicNames,
+    /// Active applications registered for this device type, sorted by id.
+    #[serde(default)]
+    pub applications: Vec<RegistryApplication>,
+}
+
+/// An active application, as the enrichment lists it (no secrets).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryApplication {
+    /// Stable id, `namespace/name` of the Application object.
+    pub id: String,
+    pub display_name: String,
+    pub developer: String,
+    pub platform: Platform,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    pub version: String,
+    /// Always `active`: inactive applications are left out (the seed's status field).
+    pub status: String,
+}
+
+/// An object left out of the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    /// `DeviceType` or `Application`.
+    pub kind: String,
+    /// `namespace/name`.
+    pub object: String,
+    pub reason: String,
+}
+
+fn object_id<K: ResourceExt>(object: &K) -> String {
+    let namespace = object
+        .namespace()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    format!("{namespace}/{}", object.name_any())
+}
+
+fn is_deleting<K: ResourceExt>(object: &K) -> bool {
+    object.meta().deletion_timestamp.is_some()
+}
+
+fn reasons(errors: &[validate::FieldError]) -> String {
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    messages.join("; ")
+}
+
+/// Builds the enrichment context from every DeviceType and Application.
+///
+/// - Objects being deleted are left out.
+/// - A device-type id belongs to the oldest DeviceType that claims it (then the first by
+///   `namespace/name`); later claimants are listed in `skipped`, as are invalid specs.
+/// - Applications are matched to device types by id across namespaces (topic names are global to
+///   the installation); only active ones are listed.
+pub fn build_registry(
+    device_types: &[DeviceType],
+    apps: &[Application],
+    topic_prefix: &str,
+) -> Registry {
+    let mut skipped = Vec::new();
+    let mut candidates: Vec<&DeviceType> =
+        device_types.iter().filter(|d| !is_deleting(*d)).collect();
+    candidates.sort_by_key(|d| {
+        let created = d.meta().creation_timestamp.clone();
+        (created.is_none(), created, object_id(*d))
+    });
+
+    let mut entries: BTreeMap<String, RegistryDeviceType> = BTreeMap::new();
+    for dt in candidates {
+        let source = object_id(dt);
+        let errors = validate::device_type(&dt.spec);
+        if !errors.is_empty() {
+            skipped.push(Skipped {
+                kind: "DeviceType".into(),
+                object: source,
+                reason: reasons(&errors),
+            });
+            continue;
+        }
+        let spec = &dt.spec;
+        if let Some(owner) = entries.get(&spec.device_type) {
+            skipped.push(Skipped {
+                kind: "DeviceType".into(),
+                object: source,
+                reason: format!(
+                    "deviceType {:?} is already defined by {}",
+                    spec.device_type, owner.source
+                ),
+            });
+            continue;
+        }
+        let entry = RegistryDeviceType {
+            id: spec.device_type.clone(),
+            source,
+            display_name: spec.display_name.clone(),
+            description: spec.description.clone(),
+            category: spec.category.clone(),
+            capabilities: spec.capabilities.clone(),
+            data_format: spec.data_format.clone(),
+            update_frequency: spec.update_frequency.clone(),
+            retention_policy: spec.retention_policy.clone(),
+            measurements: spec.measurements.clone(),
+            validation: spec.validation,
+            topics: TopicNames::for_device_type(topic_prefix, &spec.device_type),
+            applications: Vec::new(),
+        };
+        entries.insert(spec.device_type.clone(), entry);
+    }
+
+    for app in apps.iter().filter(|a| a.spec.active && !is_deleting(*a)) {
+        let id = object_id(app);
+        let errors = validate::application(&app.spec);
+        if !errors.is_empty() {
+            skipped.push(Skipped {
+                kind: "Application".into(),
+                object: id,
+                reason: reasons(&errors),
+            });
+            continue;
+        }
+        let spec = &app.spec;
+        let listing = RegistryApplication {
+            id,
+            display_name: spec.display_name.clone(),
+            developer: spec.developer.clone(),
+            platform: spec.platform,
+            category: spec.category.clone(),
+            version: spec.version.clone(),
+            status: "active".into(),
+        };
+        for device_type in &spec.device_types {
+            if let Some(entry) = entries.get_mut(device_type) {
+                entry.applications.push(listing.clone());
+            }
+        }
+    }
+    for entry in entries.values_mut() {
+        entry.applications.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    skipped.sort_by(|a, b| (&a.kind, &a.object).cmp(&(&b.kind, &b.object)));
+
+    Registry {
+        version: FORMAT_VERSION,
+        topic_prefix: topic_prefix.to_string(),
+        topics: SharedTopics {
+            enriched: all_enriched_topic(topic_prefix),
+            deadletter: deadletter_topic(topic_prefix),
+        },
+        device_types: entries,
+        skipped,
+    }
+}
+
+/// Whether `prefix` can start a Kafka topic name: 1-100 characters of `[a-zA-Z0-9_-]`
+/// (no dots: they separate the prefix from the device-type id).
+pub fn is_valid_topic_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= 100
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    use super::*;
+
+    fn device_type(namespace: &str, name: &str, id: &str) -> DeviceType {
+        let spec = serde_json::from_value(json!({
+            "deviceType": id,
+            "displayName": format!("{id} display"),
+            "category": "test",
+            "capabilities": ["b_monitoring", "a_monitoring"],
+            "measurements": {"temperature": {"unit": "°C", "min": -40.0, "max": 85.0}},
+            "updateFrequency": "30_seconds",
+            "manufacturers": [{"name": "EnvSense", "models": ["ES-100"]}],
+            "locations": ["roof"]
+        }))
+        .unwrap();
+        let mut dt = DeviceType::new(name, spec);
+        dt.metadata.namespace = Some(namespace.into());
+        dt
+    }
+
+    fn app(namespace: &str, name: &str, device_types: &[&str], active: bool) -> Application {
+        let spec = serde_json::from_value(json!({
+            "displayName": format!("{name} display"),
+            "developer": "Dev",
+            "platform": "api",
+            "deviceTypes": device_types,
+            "contactEmail": "dev@example.com",
+            "active": active
+        }))
+        .unwrap();
+        let mut app = Application::new(name, spec);
+        app.metadata.namespace = Some(namespace.into());
+        app
+    }
+
+    fn created(mut dt: DeviceType, rfc3339: &str) -> DeviceType {
+        dt.metadata.creation_timestamp = Some(Time(rfc3339.parse().unwrap()));
+        dt
+    }
+
+    fn app_ids(registry: &Registry, id: &str) -> Vec<String> {
+        registry.device_types[id]
+            .applications
+            .iter()
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_json_shape() {
+        let registry = build_registry(
+            &[device_type("iot", "sensor", "environmental_sensor")],
+            &[app("iot", "tracker", &["environmental_sensor"], true)],
+            "iot",
+        );
+        let expected = json!({
+            "version": 1,
+            "topicPrefix": "iot",
+            "topics": {"enriched": "iot.enriched", "deadletter": "iot.deadletter"},
+            "deviceTypes": {
+                "environmental_sensor": {
+                    "id": "environmental_sensor",
+                    "source": "iot/sensor",
+                    "displayName": "environmental_sensor display",
+                    "category": "test",
+                    "capabilities": ["b_monitoring", "a_monitoring"],
+                    "updateFrequency": "30_seconds",
+                    "measurements": {"temperature": {"unit": "°C", "min": -40.0, "max": 85.0}},
+                    "validation": "Flag",
+                    "topics": {
+                        "raw": "iot.environmental_sensor.raw",
+                        "enriched": "iot.environmental_sensor.enriched"
+                    },
+                    "applications": [{
+                        "id": "iot/tracker",
+                        "displayName": "tracker display",
+                        "developer": "Dev",
+                        "platform": "api",
+                        "version": "1.0.0",
+                        "status": "active"
+                    }]
+                }
+            }
+        });
+        assert_eq!(serde_json::to_value(&registry).unwrap(), expected);
+        let back: Registry = serde_json::from_value(expected).unwrap();
+        assert_eq!(back, registry);
+    }
+
+    #[test]
+    fn output_does_not_depend_on_input_order() {
+        let dts = vec![
+            device_type("b", "meter", "smart_meter"),
+            device_type("a", "breaker", "smart_breaker"),
+        ];
+        let apps = vec![
+            app("z", "last", &["smart_meter", "smart_breaker"], true),
+            app("a", "first", &["smart_breaker"], true),
+            app("m", "middle", &["smart_breaker"], true),
+        ];
+        let forward = build_registry(&dts, &apps, "iot");
+        let mut dts_reversed = dts.clone();
+        dts_reversed.reverse();
+        let mut apps_reversed = apps.clone();
+        apps_reversed.reverse();
+        let backward = build_registry(&dts_reversed, &apps_reversed, "iot");
+        assert_eq!(
+            serde_json::to_string(&forward).unwrap(),
+            serde_json::to_string(&backward).unwrap()
+        );
+        assert_eq!(
+            app_ids(&forward, "smart_breaker"),
+            ["a/first", "m/middle", "z/last"]
+        );
+        assert_eq!(app_ids(&forward, "smart_meter"), ["z/last"]);
+    }
+
+    #[test]
+    fn only_active_applications_of_known_device_types() {
+        let registry = build_registry(
+            &[device_type("iot", "breaker", "smart_breaker")],
+            &[
+                app("iot", "on", &["smart_breaker"], true),
+                app("iot", "off", &["smart_breaker"], false),
+                app("iot", "elsewhere", &["unknown_type"], true),
+                app(
+                    "other",
+                    "cross-namespace",
+                    &["smart_breaker", "unknown_type"],
+                    true,
+                ),
+            ],
+            "iot",
+        );
+        assert_eq!(
+            app_ids(&registry, "smart_breaker"),
+            ["iot/on", "other/cross-namespace"]
+        );
+        assert!(registry.skipped.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_device_type_owns_an_id() {
+        let older = created(
+            device_type("b", "breaker", "smart_breaker"),
+            "2025-01-01T00:00:00Z",
+        );
+        let newer = created(
+            device_type("a", "breaker", "smart_breaker"),
+            "2025-06-01T00:00:00Z",
+        );
+        let registry = build_registry(&[newer, older], &[], "iot");
+        assert_eq!(registry.device_types["smart_breaker"].source, "b/breaker");
+        assert_eq!(
+            registry.skipped,
+            [Skipped {
+                kind: "DeviceType".into(),
+                object: "a/breaker".into(),
+                reason: "deviceType \"smart_breaker\" is already defined by b/breaker".into(),
+            }]
+        );
+        // Without timestamps (manifests), the first by namespace/name wins.
+        let registry = build_registry(
+            &[
+                device_type("b", "breaker", "smart_breaker"),
+                device_type("a", "breaker", "smart_breaker"),
+            ],
+            &[],
+            "iot",
+        );
+        assert_eq!(registry.device_types["smart_breaker"].source, "a/breaker");
+    }
+
+    #[test]
+    fn deleted_and_invalid_objects_are_left_out() {
+        let mut deleting = device_type("iot", "going", "smart_meter");
+        deleting.metadata.deletion_timestamp = Some(Time("2025-01-01T00:00:00Z".parse().unwrap()));
+        let mut invalid = device_type("iot", "bad", "smart_breaker");
+        invalid.spec.enrichment.replicas = Some(9);
+        let mut bad_app = app("iot", "bad-app", &["smart_breaker"], true);
+        bad_app.spec.contact_email = "nobody".into();
+        let mut deleting_app = app("iot", "going-app", &["environmental_sensor"], true);
+        deleting_app.metadata.deletion_timestamp =
+            Some(Time("2025-01-01T00:00:00Z".parse().unwrap()));
+        let registry = build_registry(
+            &[
+                deleting,
+                invalid,
+                device_type("iot", "sensor", "environmental_sensor"),
+            ],
+            &[bad_app, deleting_app],
+            "iot",
+        );
+        let ids: Vec<&String> = registry.device_types.keys().collect();
+        assert_eq!(ids, ["environmental_sensor"]);
+        assert!(
+            registry.device_types["environmental_sensor"]
+                .applications
+                .is_empty()
+        );
+        let skipped: Vec<(&str, &str)> = registry
+            .skipped
+            .iter()
+            .map(|s| (s.kind.as_str(), s.object.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [("Application", "iot/bad-app"), ("DeviceType", "iot/bad")]
+        );
+        assert!(registry.skipped[1].reason.contains("enrichment.replicas"));
+    }
+
+    #[test]
+    fn objects_without_namespace_are_in_the_default_namespace() {
+        let mut dt = device_type("x", "breaker", "smart_breaker");
+        dt.metadata.namespace = None;
+        let registry = build_registry(&[dt], &[], "staging");
+        let entry = &registry.device_types["smart_breaker"];
+        assert_eq!(entry.source, "default/breaker");
+        assert_eq!(entry.topics.raw, "staging.smart_breaker.raw");
+        assert_eq!(registry.topics.deadletter, "staging.deadletter");
+    }
+
+    #[test]
+    fn topic_prefixes() {
+        for good in ["iot", "iot-staging", "IoT_2"] {
+            assert!(is_valid_topic_prefix(good), "{good}");
+        }
+        for bad in ["", "iot.prod", "iot prod", "iot/x"] {
+            assert!(!is_valid_topic_prefix(bad), "{bad}");
+        }
+    }
+}
