@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod controller;
 pub mod crd;
 pub mod kafka;
 pub mod registry;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iot_operator::{crd, registry};
+use std::time::Duration;
+
+use iot_operator::{admin, controller, crd, registry, telemetry};
 
 /// Kubernetes operator for IoT Cloud.
 #[derive(Debug, Parser)]
@@ -20,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controllers against the cluster in the current kubeconfig or service account.
-    Run,
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as multi-document YAML, or write one file per CRD.
     Crd {
         /// Write `application.yaml` and `devicetype.yaml` into this directory (e.g. `crds/`)
@@ -43,10 +45,113 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Namespace to watch and manage; default: the namespace of the pod (service account), else
+    /// the kubeconfig context's.
+    #[arg(long, env = "IOT_NAMESPACE")]
+    namespace: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "IOT_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    kafka_bootstrap: String,
+    /// Prefix of every Kafka topic name.
+    #[arg(long, env = "IOT_TOPIC_PREFIX", default_value = "iot")]
+    topic_prefix: String,
+    /// Image of the enrichment workers (`iot-worker`).
+    #[arg(long, env = "IOT_WORKER_IMAGE", default_value = controller::config::DEFAULT_WORKER_IMAGE)]
+    worker_image: String,
+    /// Name of the registry ConfigMap the workers mount.
+    #[arg(long, env = "IOT_REGISTRY_CONFIGMAP", default_value = registry::CONFIG_MAP_NAME)]
+    registry_configmap: String,
+    /// Partitions of the shared topics ({prefix}.enriched, {prefix}.deadletter).
+    #[arg(long, env = "IOT_SHARED_TOPIC_PARTITIONS", default_value_t = 3)]
+    shared_topic_partitions: i32,
+    /// Replication factor of the shared topics.
+    #[arg(long, env = "IOT_SHARED_TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    shared_topic_replication_factor: i32,
+    /// Seconds a lower replica count must be wanted before an autoscaled Deployment scales down.
+    #[arg(long, env = "IOT_SCALE_DOWN_COOLDOWN", default_value_t = 120)]
+    scale_down_cooldown_seconds: u64,
+    /// Seconds between lag readings of autoscaled DeviceTypes.
+    #[arg(long, env = "IOT_AUTOSCALE_INTERVAL", default_value_t = 15)]
+    autoscale_interval_seconds: u64,
+    /// Seconds a deleted DeviceType waits for an unreachable broker before leaving its topics.
+    #[arg(long, env = "IOT_TOPIC_CLEANUP_TIMEOUT", default_value_t = 300)]
+    topic_cleanup_timeout_seconds: u64,
+    /// Address of the admin endpoint (/livez, /readyz, /metrics).
+    #[arg(long, env = "IOT_ADMIN_ADDR", default_value = "0.0.0.0:9100")]
+    admin_addr: std::net::SocketAddr,
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster service account or KUBECONFIG)")?;
+    let namespace = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let mut config = controller::OperatorConfig::new(namespace, args.kafka_bootstrap);
+    config.topic_prefix = args.topic_prefix;
+    config.worker_image = args.worker_image;
+    config.registry_config_map = args.registry_configmap;
+    config.shared_topic_partitions = args.shared_topic_partitions;
+    config.shared_topic_replication_factor = args.shared_topic_replication_factor;
+    config.scale_down_cooldown = Duration::from_secs(args.scale_down_cooldown_seconds);
+    config.autoscale_interval = Duration::from_secs(args.autoscale_interval_seconds);
+    config.topic_cleanup_timeout = Duration::from_secs(args.topic_cleanup_timeout_seconds);
+    anyhow::ensure!(
+        registry::is_valid_topic_prefix(&config.topic_prefix),
+        "--topic-prefix {:?}: use 1-100 characters of [a-zA-Z0-9_-]",
+        config.topic_prefix
+    );
+    tracing::info!(
+        namespace = config.namespace,
+        kafka = config.kafka_bootstrap,
+        prefix = config.topic_prefix,
+        "starting iot-operator"
+    );
+
+    let metrics = controller::Metrics::new();
+    let readiness = admin::Readiness::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let admin_task = admin::serve(
+        args.admin_addr,
+        admin::router(readiness.clone(), metrics.registry.clone()),
+        admin_stop,
+    )
+    .await
+    .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
+    let controllers_stop = {
+        let mut rx = stop_rx;
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    tokio::spawn(async move {
+        telemetry::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    controller::run(client, config, metrics, readiness, controllers_stop).await?;
+    admin_task.await??;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => anyhow::bail!("`run` is not implemented yet"),
+        Command::Run(args) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(args))?;
+        }
         Command::Crd { write: None } => {
             let yaml = crd::render_all().context("rendering the CRDs")?;
             std::io::stdout().write_all(yaml.as_bytes())?;

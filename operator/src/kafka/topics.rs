@@ -6,6 +6,7 @@
 //! [`TopicAdmin`] observes and acts through the Kafka admin API.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -101,7 +102,7 @@ pub enum TopicOutcome {
 
 /// Kafka admin operations on topics.
 pub struct TopicAdmin {
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
 }
 
@@ -117,7 +118,10 @@ impl TopicAdmin {
             .set("bootstrap.servers", bootstrap)
             .set("client.id", "iot-operator")
             .create()?;
-        Ok(Self { admin, timeout })
+        Ok(Self {
+            admin: Arc::new(admin),
+            timeout,
+        })
     }
 
     fn options(&self) -> AdminOptions {
@@ -128,9 +132,13 @@ impl TopicAdmin {
 
     /// Partition count and dynamic configuration of `topic`, or `None` when it does not exist.
     pub async fn observe(&self, topic: &str) -> Result<Option<ObservedTopic>, KafkaError> {
+        // librdkafka's metadata call blocks: keep it off the async worker threads.
+        let (admin, name, timeout) = (self.admin.clone(), topic.to_string(), self.timeout);
+        let metadata =
+            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(Some(&name), timeout))
+                .await
+                .map_err(|_| KafkaError::Canceled)??;
         let partitions = {
-            let client = self.admin.inner();
-            let metadata = client.fetch_metadata(Some(topic), self.timeout)?;
             match metadata.topics().iter().find(|t| t.name() == topic) {
                 None => return Ok(None),
                 Some(t) => match t.error() {

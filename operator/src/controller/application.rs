@@ -1,0 +1,157 @@
+//! Reconciling one Application: its spec is valid and every device type it registers for is
+//! defined by a DeviceType; its status lists the enriched topics it may read.
+
+use std::sync::Arc;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::conditions::{self, Cond};
+use super::error::{Error, Result};
+use super::{Context, KIND_APPLICATION};
+use crate::crd::{Application, ApplicationStatus, CONDITION_READY, TopicNames, validate};
+
+pub const DEVICE_TYPES_RESOLVED: &str = "DeviceTypesResolved";
+
+/// Splits `wanted` into the ids that `known` defines and those it does not, each sorted.
+pub fn resolve(wanted: &[String], known: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut resolved = Vec::new();
+    let mut missing = Vec::new();
+    for id in wanted {
+        if known.contains(id) {
+            resolved.push(id.clone());
+        } else {
+            missing.push(id.clone());
+        }
+    }
+    for list in [&mut resolved, &mut missing] {
+        list.sort();
+        list.dedup();
+    }
+    (resolved, missing)
+}
+
+pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[KIND_APPLICATION])
+        .start_timer();
+    if app.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = app
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let invalid = validate::application(&app.spec);
+    let mut status = ApplicationStatus::default();
+    let mut conds = Vec::new();
+    let result;
+    if !invalid.is_empty() {
+        let message = invalid
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        conds.push(Cond::new(
+            "SpecValid",
+            false,
+            "InvalidSpec",
+            message.clone(),
+        ));
+        ctx.event(&*app, EventType::Warning, "InvalidSpec", &message)
+            .await;
+        result = "invalid";
+    } else {
+        let (resolved, missing) = resolve(&app.spec.device_types, &ctx.known_device_type_ids());
+        status.topics = resolved
+            .iter()
+            .map(|id| TopicNames::for_device_type(&ctx.config.topic_prefix, id).enriched)
+            .collect();
+        conds.push(if missing.is_empty() {
+            Cond::new(DEVICE_TYPES_RESOLVED, true, "Resolved", format!(
+                "device types {} are defined", resolved.join(", ")
+            ))
+        } else {
+            Cond::new(DEVICE_TYPES_RESOLVED, false, "MissingDeviceTypes", format!(
+                "no DeviceType defines {}; create one (see deploy/samples/) or fix spec.deviceTypes",
+                missing.join(", ")
+            ))
+        });
+        status.resolved_device_types = resolved;
+        status.missing_device_types = missing;
+        result = "ok";
+    }
+    let ready = conditions::ready(&conds);
+    conds.push(ready);
+
+    let previous = app.status.clone().unwrap_or_default();
+    status.conditions = conditions::merge(
+        &previous.conditions,
+        &conds,
+        app.meta().generation,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    status.observed_generation = app.meta().generation;
+    if status != previous {
+        api.patch_status(
+            &app.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await?;
+        let was_ready = previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_READY && c.status == "True");
+        let is_ready = conds.last().is_some_and(|c| c.ok);
+        if was_ready != is_ready {
+            let failing = conds.iter().find(|c| !c.ok);
+            match failing {
+                None => {
+                    ctx.event(
+                        &*app,
+                        EventType::Normal,
+                        "Ready",
+                        "all device types resolved",
+                    )
+                    .await
+                }
+                Some(c) => {
+                    ctx.event(&*app, EventType::Warning, c.reason, &c.message)
+                        .await
+                }
+            }
+        }
+    }
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[KIND_APPLICATION, result])
+        .inc();
+    ctx.reset_backoff(&*app);
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resolve_splits_known_and_missing() {
+        let (resolved, missing) = resolve(
+            &ids(&["smart_meter", "smart_breaker", "ghost", "smart_breaker"]),
+            &ids(&["smart_breaker", "smart_meter", "environmental_sensor"]),
+        );
+        assert_eq!(resolved, ids(&["smart_breaker", "smart_meter"]));
+        assert_eq!(missing, ids(&["ghost"]));
+    }
+}

@@ -1,0 +1,127 @@
+//! Status conditions: built fresh on every reconcile from what was observed, merged with the
+//! previous list so `lastTransitionTime` only moves when a condition's status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// A condition as a reconcile decides it, without the bookkeeping fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            ok,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The condition list to store: `new` in order, keeping the previous `lastTransitionTime` of each
+/// condition whose status did not change.
+pub fn merge(
+    previous: &[Condition],
+    new: &[Cond],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    new.iter()
+        .map(|c| {
+            let status = if c.ok { "True" } else { "False" };
+            let last_transition_time = previous
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: c.type_.to_string(),
+                status: status.to_string(),
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// `Ready` summarising `parts`: true when all are, else the first that is not, with its reason.
+pub fn ready(parts: &[Cond]) -> Cond {
+    match parts.iter().find(|c| !c.ok) {
+        None => Cond::new(
+            crate::crd::CONDITION_READY,
+            true,
+            "Reconciled",
+            "all conditions are met",
+        ),
+        Some(c) => Cond::new(
+            crate::crd::CONDITION_READY,
+            false,
+            c.reason,
+            c.message.clone(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let first = merge(
+            &[],
+            &[Cond::new("TopicsReady", true, "Created", "")],
+            Some(1),
+            t0,
+        );
+        let same = merge(
+            &first,
+            &[Cond::new("TopicsReady", true, "UpToDate", "x")],
+            Some(2),
+            t1,
+        );
+        assert_eq!(same[0].last_transition_time, Time(t0));
+        assert_eq!(same[0].reason, "UpToDate");
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(
+            &same,
+            &[Cond::new("TopicsReady", false, "KafkaUnavailable", "")],
+            Some(2),
+            t1,
+        );
+        assert_eq!(flipped[0].last_transition_time, Time(t1));
+        assert_eq!(flipped[0].status, "False");
+    }
+
+    #[test]
+    fn ready_takes_the_first_failing_reason() {
+        let parts = [
+            Cond::new("TopicsReady", true, "UpToDate", ""),
+            Cond::new(
+                "EnrichmentReady",
+                false,
+                "Progressing",
+                "1 of 2 replicas ready",
+            ),
+        ];
+        let r = ready(&parts);
+        assert!(!r.ok);
+        assert_eq!(r.reason, "Progressing");
+        assert!(ready(&parts[..1]).ok);
+    }
+}

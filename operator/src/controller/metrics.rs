@@ -1,0 +1,101 @@
+//! The operator's Prometheus metrics, registered in its own registry (served on `/metrics`).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Reconciles by kind and result (`ok`, `error`, `invalid`).
+    pub reconciles: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    /// Reconcile errors by kind and category (`kube`, `kafka`, `internal`).
+    pub errors: IntCounterVec,
+    /// Enrichment replicas the scaling policy asks for, per device type.
+    pub desired_replicas: IntGaugeVec,
+    /// Unprocessed messages in the raw topic, per device type.
+    pub consumer_lag: IntGaugeVec,
+    /// Registry ConfigMap writes.
+    pub registry_updates: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "iot_operator_reconciles_total",
+                "Reconciles by kind and result",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "iot_operator_reconcile_duration_seconds",
+                "Duration of one reconcile",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "iot_operator_reconcile_errors_total",
+                "Reconcile errors by kind and category",
+            ),
+            &["kind", "category"],
+        )
+        .expect("valid metric");
+        let desired_replicas = IntGaugeVec::new(
+            Opts::new(
+                "iot_operator_desired_replicas",
+                "Enrichment replicas wanted per device type",
+            ),
+            &["device_type"],
+        )
+        .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "iot_operator_consumer_lag",
+                "Unprocessed raw messages per device type",
+            ),
+            &["device_type"],
+        )
+        .expect("valid metric");
+        let registry_updates = IntCounterVec::new(
+            Opts::new(
+                "iot_operator_registry_updates_total",
+                "Writes of the registry ConfigMap",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_duration.clone()),
+            Box::new(errors.clone()),
+            Box::new(desired_replicas.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(registry_updates.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            errors,
+            desired_replicas,
+            consumer_lag,
+            registry_updates,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,325 @@
+//! The operator's control loops: one kube-rs `Controller` per custom resource kind and a registry
+//! writer, sharing one [`Context`].
+
+pub mod application;
+pub mod conditions;
+pub mod config;
+pub mod deployment;
+pub mod device_type;
+pub mod error;
+pub mod metrics;
+pub mod registry_sync;
+pub mod scaling;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::admin::Readiness;
+use crate::crd::{Application, DeviceType, all_enriched_topic, deadletter_topic};
+use crate::kafka::topics::{DesiredTopic, TopicAdmin, TopicOutcome};
+pub use config::OperatorConfig;
+use error::Error;
+pub use metrics::Metrics;
+use scaling::DownscaleWindow;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "iot-operator";
+pub const KIND_DEVICE_TYPE: &str = "DeviceType";
+pub const KIND_APPLICATION: &str = "Application";
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub topics: TopicAdmin,
+    pub metrics: Metrics,
+    recorder: Recorder,
+    device_types: Store<DeviceType>,
+    applications: Store<Application>,
+    backoff: Mutex<HashMap<String, u32>>,
+    downscale: Mutex<HashMap<String, DownscaleWindow>>,
+    shared_topics_checked: Mutex<Option<Instant>>,
+}
+
+impl Context {
+    /// Publishes an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "publishing event failed");
+        }
+    }
+
+    /// Makes sure `{prefix}.enriched` and `{prefix}.deadletter` exist; re-checked at most once per
+    /// resync interval.
+    pub async fn ensure_shared_topics(&self) -> Result<(), Error> {
+        let fresh = self
+            .shared_topics_checked
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t.elapsed() < self.config.resync);
+        if fresh {
+            return Ok(());
+        }
+        let prefix = &self.config.topic_prefix;
+        for name in [all_enriched_topic(prefix), deadletter_topic(prefix)] {
+            let topic = DesiredTopic {
+                name: name.clone(),
+                partitions: self.config.shared_topic_partitions,
+                replication_factor: self.config.shared_topic_replication_factor,
+                config: Default::default(),
+            };
+            match self.topics.ensure(&topic).await? {
+                TopicOutcome::Created => tracing::info!(topic = name, "created shared topic"),
+                TopicOutcome::ShrinkRefused { existing, .. } => {
+                    tracing::info!(
+                        topic = name,
+                        existing,
+                        "shared topic has more partitions than configured"
+                    );
+                }
+                _ => {}
+            }
+        }
+        *self.shared_topics_checked.lock().expect("lock") = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Lag of the enrichment group of device type `id`.
+    pub async fn lag(&self, id: &str, raw_topic: &str) -> Option<i64> {
+        device_type::read_lag(self, id, raw_topic).await
+    }
+
+    /// Replicas to apply for an autoscaled DeviceType (see [`DownscaleWindow`]).
+    pub fn downscale_decision(&self, uid: String, current: i32, wanted: i32, now: Instant) -> i32 {
+        self.downscale
+            .lock()
+            .expect("lock")
+            .entry(uid)
+            .or_default()
+            .decide(current, wanted, now, self.config.scale_down_cooldown)
+    }
+
+    /// Active Applications (in the cache) that registered for device type `id`.
+    pub fn active_applications_for(&self, id: &str) -> i32 {
+        self.applications
+            .state()
+            .iter()
+            .filter(|a| a.spec.active && a.meta().deletion_timestamp.is_none())
+            .filter(|a| a.spec.device_types.iter().any(|t| t == id))
+            .count() as i32
+    }
+
+    /// Whether a DeviceType other than `dt` claims the same device-type id.
+    pub fn id_claimed_elsewhere(&self, dt: &DeviceType) -> bool {
+        self.device_types.state().iter().any(|other| {
+            other.spec.device_type == dt.spec.device_type
+                && other.uid() != dt.uid()
+                && other.meta().deletion_timestamp.is_none()
+        })
+    }
+
+    /// Device types (ids) defined by DeviceTypes in the cache that are not being deleted.
+    pub fn known_device_type_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .device_types
+            .state()
+            .iter()
+            .filter(|d| d.meta().deletion_timestamp.is_none())
+            .map(|d| d.spec.device_type.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn next_backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let key = format!(
+            "{}/{}",
+            K::kind(&()),
+            obj.meta().uid.clone().unwrap_or_default()
+        );
+        let mut map = self.backoff.lock().expect("lock");
+        let n = map.entry(key).or_insert(0);
+        *n = (*n + 1).min(8);
+        // 1 s, 2 s, 4 s ... capped at 5 minutes.
+        Duration::from_secs((1u64 << (*n - 1)).min(300))
+    }
+
+    fn reset_backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        let key = format!(
+            "{}/{}",
+            K::kind(&()),
+            obj.meta().uid.clone().unwrap_or_default()
+        );
+        self.backoff.lock().expect("lock").remove(&key);
+    }
+}
+
+fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[&kind, "error"])
+        .inc();
+    ctx.metrics
+        .errors
+        .with_label_values(&[&kind, error.category()])
+        .inc();
+    let delay = ctx.next_backoff(&*obj);
+    tracing::warn!(
+        kind,
+        name = obj.meta().name.as_deref().unwrap_or_default(),
+        error = %error,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    let ctx2 = ctx.clone();
+    let message = error.to_string();
+    let category = error.category();
+    tokio::spawn(async move {
+        let reason = match category {
+            "kafka" => "KafkaError",
+            "kube" => "KubernetesApiError",
+            _ => "ReconcileError",
+        };
+        ctx2.event(&*obj, EventType::Warning, reason, &message)
+            .await;
+    });
+    Action::requeue(delay)
+}
+
+/// Runs both controllers and the registry writer until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let ns = config.namespace.clone();
+    let device_types: Api<DeviceType> = Api::namespaced(client.clone(), &ns);
+    let applications: Api<Application> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    // Fail early, with a clear message, when the CRDs are not installed.
+    for (what, result) in [
+        (
+            "devicetypes.iotcloud.dev",
+            device_types.list(&Default::default()).await.map(|_| ()),
+        ),
+        (
+            "applications.iotcloud.dev",
+            applications.list(&Default::default()).await.map(|_| ()),
+        ),
+    ] {
+        if let Err(e) = result {
+            anyhow::bail!(
+                "cannot list {what} in namespace {ns}: {e} (are the CRDs from crds/ installed?)"
+            );
+        }
+    }
+
+    let dt_controller = Controller::new(device_types.clone(), watcher::Config::default())
+        .owns(deployments, watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
+    let app_controller = Controller::new(applications.clone(), watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        topics: TopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?,
+        recorder: Recorder::new(client.clone(), reporter),
+        device_types: dt_controller.store(),
+        applications: app_controller.store(),
+        config,
+        metrics,
+        backoff: Mutex::default(),
+        downscale: Mutex::default(),
+        shared_topics_checked: Mutex::default(),
+    });
+
+    // An Application change can change a DeviceType's status (its application count), and a
+    // DeviceType change can resolve or break an Application: map each to the other.
+    let dt_store = ctx.device_types.clone();
+    let dt_controller = dt_controller.watches(
+        applications.clone(),
+        watcher::Config::default(),
+        move |app| {
+            let wanted = app.spec.device_types.clone();
+            dt_store
+                .state()
+                .iter()
+                .filter(|dt| wanted.contains(&dt.spec.device_type))
+                .map(|dt| ObjectRef::from_obj(&**dt))
+                .collect::<Vec<_>>()
+        },
+    );
+    let app_store = ctx.applications.clone();
+    let app_controller = app_controller.watches(
+        device_types.clone(),
+        watcher::Config::default(),
+        move |dt| {
+            app_store
+                .state()
+                .iter()
+                .filter(|a| a.spec.device_types.contains(&dt.spec.device_type))
+                .map(|a| ObjectRef::from_obj(&**a))
+                .collect::<Vec<_>>()
+        },
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let dt_loop = dt_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(device_type::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let app_loop = app_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(application::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let registry_loop = registry_sync::run(ctx.clone(), readiness, stopped(stop_rx.clone()));
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (_, _, registry) = tokio::join!(dt_loop, app_loop, registry_loop);
+    tracing::info!(
+        device_types = ctx.device_types.state().len(),
+        applications = ctx.applications.state().len(),
+        "controllers stopped"
+    );
+    registry
+}
