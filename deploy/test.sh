@@ -12,8 +12,11 @@ stage() { # stage NAME COMMAND...
   shift
   printf '\n==> %s\n' "$name" >&2
   "$@" || rc=$?
-  SUMMARY+=("$(printf '%-40s %5d s' "$name" $((SECONDS - start)))$( ((rc)) && echo "  FAILED ($rc)")")
-  printf '==> %s: %s in %d s\n' "$name" "$( ((rc == 0)) && echo done || echo "FAILED ($rc)")" $((SECONDS - start)) >&2
+  local outcome="done" line
+  ((rc == 0)) || outcome="FAILED ($rc)"
+  line=$(printf '%-40s %5d s  %s' "$name" $((SECONDS - start)) "$outcome")
+  SUMMARY+=("$line")
+  printf '==> %s: %s in %d s\n' "$name" "$outcome" $((SECONDS - start)) >&2
   return "$rc"
 }
 
