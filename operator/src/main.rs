@@ -78,6 +78,10 @@ struct RunArgs {
     /// Seconds a deleted DeviceType waits for an unreachable broker before leaving its topics.
     #[arg(long, env = "IOT_TOPIC_CLEANUP_TIMEOUT", default_value_t = 300)]
     topic_cleanup_timeout_seconds: u64,
+    /// Elect a leader through a Lease so that several replicas can run; only the leader
+    /// reconciles.
+    #[arg(long, env = "IOT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
     /// Address of the admin endpoint (/livez, /readyz, /metrics).
     #[arg(long, env = "IOT_ADMIN_ADDR", default_value = "0.0.0.0:9100")]
     admin_addr: std::net::SocketAddr,
@@ -134,12 +138,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|v| *v).await;
         }
     };
+    let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         telemetry::shutdown_signal().await;
-        let _ = stop_tx.send(true);
+        let _ = signal_tx.send(true);
     });
+    let mut lost = None;
+    if args.leader_elect {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let election = controller::leader::LeaderElection::new(&config.namespace, &identity);
+        let mut lost_rx = tokio::select! {
+            rx = controller::leader::acquire(client.clone(), election) => rx,
+            () = telemetry::shutdown_signal() => return Ok(()),
+        };
+        let lost_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        lost = Some(lost_flag.clone());
+        tokio::spawn(async move {
+            if lost_rx.wait_for(|v| *v).await.is_ok() {
+                lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop_tx.send(true);
+            }
+        });
+    }
     controller::run(client, config, metrics, readiness, controllers_stop).await?;
     admin_task.await??;
+    if lost.is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)) {
+        anyhow::bail!("leadership lost; exiting so the replica restarts as a candidate");
+    }
     Ok(())
 }
 

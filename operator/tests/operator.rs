@@ -517,3 +517,54 @@ async fn application_with_unknown_device_type_gets_a_clear_condition_until_it_ex
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_leads_and_another_takes_over_an_expired_lease() {
+    use iot_operator::controller::leader::{Attempt, LeaderElection, try_acquire};
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = iot_testkit::kube_client().await;
+    let ns = iot_testkit::TestNamespace::create(&client, "op-leader").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let mut a = LeaderElection::new(&ns.name, "replica-a");
+    let mut b = LeaderElection::new(&ns.name, "replica-b");
+    a.lease_duration = Duration::from_secs(2);
+    b.lease_duration = Duration::from_secs(2);
+
+    assert_eq!(try_acquire(&leases, &a).await.unwrap(), Attempt::Leading);
+    assert_eq!(
+        try_acquire(&leases, &b).await.unwrap(),
+        Attempt::Following {
+            holder: "replica-a".into()
+        }
+    );
+    assert_eq!(
+        try_acquire(&leases, &a).await.unwrap(),
+        Attempt::Leading,
+        "renewal"
+    );
+    // replica-a stops renewing: once its lease is older than 2 s, replica-b takes over.
+    let taken = async {
+        loop {
+            if try_acquire(&leases, &b).await.unwrap() == Attempt::Leading {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), taken)
+        .await
+        .expect("replica-b never took over");
+    let lease = leases
+        .get("iot-operator-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(lease.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(lease.lease_transitions, Some(1));
+    assert_ne!(
+        try_acquire(&leases, &a).await.unwrap(),
+        Attempt::Leading,
+        "old leader must follow"
+    );
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod deployment;
 pub mod device_type;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod registry_sync;
 pub mod scaling;
@@ -35,6 +36,8 @@ use scaling::DownscaleWindow;
 pub const FIELD_MANAGER: &str = "iot-operator";
 pub const KIND_DEVICE_TYPE: &str = "DeviceType";
 pub const KIND_APPLICATION: &str = "Application";
+/// How long running reconciles may take to finish once shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What every reconcile needs.
 pub struct Context {
@@ -311,15 +314,32 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()));
     let registry_loop = registry_sync::run(ctx.clone(), readiness, stopped(stop_rx.clone()));
 
+    let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (_, _, registry) = tokio::join!(dt_loop, app_loop, registry_loop);
+    // Running reconciles get a bounded grace period: a reconcile stuck on an unresponsive broker
+    // or API server must not keep the process from stopping.
+    let grace = async move {
+        let _ = grace_rx.wait_for(|v| *v).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let loops = async {
+        let (_, _, registry) = tokio::join!(dt_loop, app_loop, registry_loop);
+        registry
+    };
+    let result = tokio::select! {
+        r = loops => r,
+        () = grace => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "reconciles still running after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
     tracing::info!(
         device_types = ctx.device_types.state().len(),
         applications = ctx.applications.state().len(),
         "controllers stopped"
     );
-    registry
+    result
 }

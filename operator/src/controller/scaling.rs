@@ -23,7 +23,7 @@ pub fn replicas_for_lag(scaling: Scaling, lag: Option<i64>, partitions: i32) -> 
             // Without a lag reading (broker unreachable), hold the minimum rather than guess.
             let lag = lag.unwrap_or(0).max(0);
             let per = lag_per_replica.max(1);
-            let wanted = (lag + per - 1) / per;
+            let wanted = lag / per + i64::from(lag % per != 0);
             let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
             wanted.clamp(min, max.max(min)).min(partitions)
         }
