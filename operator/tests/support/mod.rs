@@ -149,6 +149,29 @@ impl Harness {
     }
 
     pub async fn stop(self) {
+        // Delete the namespace while the operator still runs, so it can release the topic
+        // finalizers (and delete the topics of DeviceTypes with deletionPolicy Delete).
+        self.ns.delete().await;
+        let dts = self.dts();
+        let drained = async {
+            while !dts
+                .list(&Default::default())
+                .await
+                .map(|l| l.items.is_empty())
+                .unwrap_or(true)
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "DeviceTypes in {} still present 30 s after namespace deletion",
+                self.ns.name
+            );
+        }
         let _ = self.stop.send(true);
         let result = tokio::time::timeout(TIMEOUT, self.task)
             .await

@@ -105,6 +105,16 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// Deletes the namespace now (the API server then deletes everything in it).
+    pub async fn delete(&self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        if let Err(e) = api.delete(&self.name, &DeleteParams::background()).await {
+            eprintln!("deleting test namespace {}: {e}", self.name);
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let api = Api::<Namespace>::all(self.client.clone());
