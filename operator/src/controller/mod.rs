@@ -54,6 +54,32 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context over the given caches (the controllers' stores in [`run`]).
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+        device_types: Store<DeviceType>,
+        applications: Store<Application>,
+    ) -> Result<Self, Error> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Ok(Self {
+            topics: TopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?,
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            device_types,
+            applications,
+            config,
+            metrics,
+            backoff: Mutex::default(),
+            downscale: Mutex::default(),
+            shared_topics_checked: Mutex::default(),
+        })
+    }
+
     /// Publishes an Event about `obj`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -253,22 +279,13 @@ pub async fn run(
     let app_controller = Controller::new(applications.clone(), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
 
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        topics: TopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?,
-        recorder: Recorder::new(client.clone(), reporter),
-        device_types: dt_controller.store(),
-        applications: app_controller.store(),
+    let ctx = Arc::new(Context::new(
+        client.clone(),
         config,
         metrics,
-        backoff: Mutex::default(),
-        downscale: Mutex::default(),
-        shared_topics_checked: Mutex::default(),
-    });
+        dt_controller.store(),
+        app_controller.store(),
+    )?);
 
     // An Application change can change a DeviceType's status (its application count), and a
     // DeviceType change can resolve or break an Application: map each to the other.
