@@ -42,6 +42,7 @@ stage "cluster smoke (kubectl, helm, promtool)" cluster_smoke
 stage "cargo build (tests)" cargo build --locked --workspace --all-targets
 status=0
 stage "cargo test (unit + integration)" cargo_tests || status=$?
+stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh || status=$?
 if ((status == 0)); then
   stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
 fi
