@@ -1,0 +1,192 @@
+//! One message through the bridge: route it, produce its record, and acknowledge it to the
+//! MQTT broker once Kafka has acknowledged the record.
+
+use std::sync::Arc;
+
+use rumqttc::Publish;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Shared;
+use crate::catalog::Catalog;
+use crate::clock;
+use crate::kafka::{self, DeliveryError, OutRecord, headers};
+use crate::metrics::PipelineMetrics;
+use crate::route::{self, Kind, Reason, Rejection};
+
+/// What became of a message.
+enum Carried {
+    Routed {
+        device_type: String,
+        kind: Kind,
+        device_timestamp: Option<jiff::Timestamp>,
+    },
+    DeadLettered(Reason),
+}
+
+/// Routes one message, hands its record to the producer (in arrival order, which keeps each
+/// device's messages in order) and spawns the wait for Kafka's acknowledgement, after which the
+/// MQTT message is acknowledged.
+pub(super) async fn carry(shared: &Arc<Shared>, publish: Publish, permit: OwnedSemaphorePermit) {
+    let received_at = clock::now();
+    let kind = route::kind_of_topic(&publish.topic);
+    shared
+        .metrics
+        .received
+        .with_label_values(&[kind.map_or("unknown", Kind::as_str)])
+        .inc();
+    shared.metrics.in_flight.inc();
+    let catalog = shared.catalog.borrow().clone();
+    let received = clock::rfc3339(received_at);
+    let (record, carried) = match route::route(
+        &publish.topic,
+        &publish.payload,
+        &catalog,
+        shared.max_payload_bytes,
+    ) {
+        Ok(r) => {
+            let record = OutRecord {
+                topic: r.topic,
+                key: r.key,
+                payload: publish.payload.clone(),
+                headers: vec![
+                    (headers::MQTT_TOPIC, publish.topic.clone()),
+                    (headers::KIND, r.kind.as_str().to_string()),
+                    (headers::RECEIVED_AT, received),
+                    (headers::DEVICE_TYPE, r.device_type.clone()),
+                ],
+            };
+            let carried = Carried::Routed {
+                device_type: r.device_type,
+                kind: r.kind,
+                device_timestamp: r.device_timestamp,
+            };
+            (record, carried)
+        }
+        Err(rejection) => {
+            let reason = rejection.reason;
+            (
+                dead_letter(&catalog, &publish, &rejection, received),
+                Carried::DeadLettered(reason),
+            )
+        }
+    };
+    let first = kafka::enqueue(&shared.producer, &record).await;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let outcome = finish(&shared, &publish, record, first, carried, &catalog).await;
+        shared.metrics.in_flight.dec();
+        match outcome {
+            Ok(carried) => {
+                account(&shared.metrics, &carried);
+                // Acknowledge before releasing the permit: the drain waits for all permits and
+                // then disconnects, which must come after every acknowledgement.
+                if let Err(e) = shared.client.ack(&publish).await {
+                    tracing::warn!(error = %e, topic = %publish.topic, "MQTT acknowledgement not sent; the broker will redeliver");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
+            }
+        }
+        drop(permit);
+    });
+}
+
+/// Waits for the record's acknowledgement; a record Kafka cannot take goes to the dead-letter
+/// topic instead.
+async fn finish(
+    shared: &Shared,
+    publish: &Publish,
+    record: OutRecord,
+    first: Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError>,
+    carried: Carried,
+    catalog: &Catalog,
+) -> Result<Carried, DeliveryError> {
+    let reason = match kafka::deliver(
+        &shared.producer,
+        &record,
+        first,
+        &shared.metrics,
+        &shared.abort,
+    )
+    .await
+    {
+        Ok(_) => return Ok(carried),
+        Err(DeliveryError::Aborted) => return Err(DeliveryError::Aborted),
+        Err(e) if record.topic == catalog.deadletter_topic => return Err(e),
+        Err(DeliveryError::TopicMissing(topic)) => Rejection::new(
+            Reason::TopicMissing,
+            format!("topic {topic} does not exist"),
+        ),
+        Err(e) => Rejection::new(Reason::ProduceFailed, e.to_string()),
+    };
+    let received = record
+        .headers
+        .iter()
+        .find(|(k, _)| *k == headers::RECEIVED_AT)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut rejection = reason;
+    rejection.device_id = Some(record.key.clone());
+    let dead = dead_letter(catalog, publish, &rejection, received);
+    let first = kafka::enqueue(&shared.producer, &dead).await;
+    kafka::deliver(
+        &shared.producer,
+        &dead,
+        first,
+        &shared.metrics,
+        &shared.abort,
+    )
+    .await?;
+    Ok(Carried::DeadLettered(rejection.reason))
+}
+
+fn dead_letter(
+    catalog: &Catalog,
+    publish: &Publish,
+    rejection: &Rejection,
+    received: String,
+) -> OutRecord {
+    let mut extra = vec![
+        (headers::MQTT_TOPIC, publish.topic.clone()),
+        (headers::RECEIVED_AT, received),
+    ];
+    if let Some(kind) = route::kind_of_topic(&publish.topic) {
+        extra.push((headers::KIND, kind.as_str().to_string()));
+    }
+    kafka::deadletter_record(
+        &catalog.deadletter_topic,
+        "bridge",
+        publish.topic.clone(),
+        &publish.topic,
+        &publish.payload,
+        rejection,
+        extra,
+    )
+}
+
+fn account(metrics: &PipelineMetrics, carried: &Carried) {
+    match carried {
+        Carried::Routed {
+            device_type,
+            kind,
+            device_timestamp,
+        } => {
+            metrics
+                .produced
+                .with_label_values(&[device_type.as_str(), kind.as_str()])
+                .inc();
+            if let Some(ts) = device_timestamp {
+                metrics
+                    .latency
+                    .observe(clock::seconds_between(*ts, clock::now()));
+            }
+        }
+        Carried::DeadLettered(reason) => {
+            metrics
+                .deadlettered
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+    }
+}

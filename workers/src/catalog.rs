@@ -1,0 +1,262 @@
+//! The registry (`registry.json`, written by the operator into ConfigMap `iot-registry`) compiled
+//! for the data path: one lookup per message gives the raw and enriched topics of a device type and
+//! the ready-made `device_metadata` and `application_registry` blocks of its enriched messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use iot_operator::crd::{
+    Measurement, TopicNames, ValidationMode, all_enriched_topic, deadletter_topic,
+};
+use iot_operator::registry::{FORMAT_VERSION, Registry, RegistryDeviceType};
+use serde_json::{Value, json};
+
+/// Why a registry document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("registry is not valid JSON of the expected shape: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error(
+        "registry format version {found} is not supported (this worker reads version {FORMAT_VERSION})"
+    )]
+    Version { found: u32 },
+}
+
+/// Everything the data path needs to know about one registered device type.
+#[derive(Debug)]
+pub struct TypeContext {
+    /// Device-type id, e.g. `smart_breaker`.
+    pub id: String,
+    /// `{prefix}.{id}.raw` and `{prefix}.{id}.enriched`.
+    pub topics: TopicNames,
+    /// The seed's `device_metadata` block.
+    pub device_metadata: Value,
+    /// The seed's `application_registry` block (active applications, no secrets).
+    pub application_registry: Value,
+    /// Declared measurements with their ranges.
+    pub measurements: BTreeMap<String, Measurement>,
+    /// What to do with out-of-range measurements.
+    pub validation: ValidationMode,
+}
+
+/// The registry as the workers use it.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Topic prefix the worker was configured with.
+    pub prefix: String,
+    /// `{prefix}.enriched`.
+    pub all_enriched_topic: String,
+    /// `{prefix}.deadletter`.
+    pub deadletter_topic: String,
+    /// `topicPrefix` of the registry document, when it differs from `prefix` (a misconfiguration
+    /// worth a warning: the operator created topics under that prefix).
+    pub registry_prefix_mismatch: Option<String>,
+    types: HashMap<String, Arc<TypeContext>>,
+}
+
+impl Catalog {
+    /// Parses and compiles a `registry.json` document. Topic names are derived from `prefix`, the
+    /// worker's own `IOT_TOPIC_PREFIX`.
+    pub fn from_json(bytes: &[u8], prefix: &str) -> Result<Self, CatalogError> {
+        let registry: Registry = serde_json::from_slice(bytes)?;
+        if registry.version != FORMAT_VERSION {
+            return Err(CatalogError::Version {
+                found: registry.version,
+            });
+        }
+        Ok(Self::from_registry(&registry, prefix))
+    }
+
+    /// Compiles a registry.
+    pub fn from_registry(registry: &Registry, prefix: &str) -> Self {
+        let types = registry
+            .device_types
+            .values()
+            .map(|dt| (dt.id.clone(), Arc::new(type_context(dt, prefix))))
+            .collect();
+        Self {
+            prefix: prefix.to_string(),
+            all_enriched_topic: all_enriched_topic(prefix),
+            deadletter_topic: deadletter_topic(prefix),
+            registry_prefix_mismatch: (registry.topic_prefix != prefix)
+                .then(|| registry.topic_prefix.clone()),
+            types,
+        }
+    }
+
+    /// A catalog without device types: every message is dead-lettered as unregistered.
+    pub fn empty(prefix: &str) -> Self {
+        Self::from_registry(
+            &Registry {
+                version: FORMAT_VERSION,
+                topic_prefix: prefix.to_string(),
+                topics: iot_operator::registry::SharedTopics {
+                    enriched: all_enriched_topic(prefix),
+                    deadletter: deadletter_topic(prefix),
+                },
+                device_types: BTreeMap::new(),
+                skipped: Vec::new(),
+            },
+            prefix,
+        )
+    }
+
+    /// The registered device type `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<TypeContext>> {
+        self.types.get(id)
+    }
+
+    /// Ids of every registered device type, sorted.
+    pub fn device_type_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.types.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn type_context(dt: &RegistryDeviceType, prefix: &str) -> TypeContext {
+    let device_metadata = json!({
+        "device_type": dt.id,
+        "device_type_name": dt.display_name,
+        "device_type_description": dt.description,
+        "device_category": dt.category,
+        "capabilities": dt.capabilities,
+        "data_format": dt.data_format,
+        "update_frequency": dt.update_frequency,
+        "retention_policy": dt.retention_policy,
+    });
+    let applications: Vec<Value> = dt
+        .applications
+        .iter()
+        .map(|app| {
+            json!({
+                "id": app.id,
+                "name": app.display_name,
+                "developer": app.developer,
+                "platform": app.platform,
+                "category": app.category,
+                "version": app.version,
+                "status": app.status,
+            })
+        })
+        .collect();
+    let application_registry = json!({
+        "device_type": dt.id,
+        "registered_applications_count": applications.len(),
+        "applications": applications,
+    });
+    TypeContext {
+        id: dt.id.clone(),
+        topics: TopicNames::for_device_type(prefix, &dt.id),
+        device_metadata,
+        application_registry,
+        measurements: dt.measurements.clone(),
+        validation: dt.validation,
+    }
+}
+
+/// Test fixtures: the registry of `deploy/samples/` (the seed's three device types and three
+/// applications), built by the operator's own code.
+#[doc(hidden)]
+pub mod fixtures {
+    use std::path::PathBuf;
+
+    use iot_operator::crd::manifests;
+    use iot_operator::registry::{Registry, build_registry};
+
+    /// The raw message of the seed's README (`SEED_README.md`), byte for byte.
+    pub const SEED_RAW: &str = r#"{
+  "device_id": "breaker-001",
+  "device_type": "smart_breaker",
+  "timestamp": "2025-08-20T18:00:54.117782Z",
+  "event_type": "telemetry",
+  "measurements": {
+    "voltage": {"phase_a": 117.27, "phase_b": 112.34, "phase_c": 114.52, "unit": "V"},
+    "current": {"phase_a": 69.94, "phase_b": 33.83, "phase_c": 54.86, "unit": "A"},
+    "power": {"active": 5775.99, "reactive": 1945.16, "apparent": 6094.73, "factor": 0.948, "unit": "W"},
+    "frequency": {"value": 59.28, "unit": "Hz"},
+    "temperature": {"value": 34.92, "unit": "°C"},
+    "status": {"breaker": 1, "position": 1, "communication": 1},
+    "protection": {"trip_count": 5, "ground_fault_current": 0.0, "arc_fault_detected": false},
+    "operational": {"load_percentage": 48.1, "operating_hours": 982.8, "maintenance_due": true}
+  }
+}"#;
+
+    /// `deploy/samples/` of this repository.
+    pub fn samples_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples")
+    }
+
+    /// The registry the operator builds from `deploy/samples/` under `prefix`.
+    pub fn sample_registry(prefix: &str) -> Registry {
+        let mut loaded = manifests::load(&samples_dir()).expect("deploy/samples loads");
+        loaded.default_namespace(iot_operator::registry::DEFAULT_NAMESPACE);
+        build_registry(&loaded.device_types, &loaded.applications, prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::sample_registry;
+    use super::*;
+
+    #[test]
+    fn compiles_the_sample_registry() {
+        let catalog = Catalog::from_registry(&sample_registry("iot"), "iot");
+        assert_eq!(
+            catalog.device_type_ids(),
+            ["environmental_sensor", "smart_breaker", "smart_meter"]
+        );
+        assert_eq!(catalog.deadletter_topic, "iot.deadletter");
+        assert_eq!(catalog.all_enriched_topic, "iot.enriched");
+        assert!(catalog.registry_prefix_mismatch.is_none());
+        let breaker = catalog.get("smart_breaker").unwrap();
+        assert_eq!(breaker.topics.raw, "iot.smart_breaker.raw");
+        assert_eq!(breaker.topics.enriched, "iot.smart_breaker.enriched");
+        assert_eq!(
+            breaker.device_metadata["device_type_name"],
+            "Smart Circuit Breaker"
+        );
+        assert_eq!(
+            breaker.device_metadata["device_category"],
+            "electrical_protection"
+        );
+        assert_eq!(breaker.device_metadata["update_frequency"], "5_seconds");
+        let apps = &breaker.application_registry;
+        assert_eq!(apps["registered_applications_count"], 1);
+        assert_eq!(apps["applications"][0]["name"], "Smart Grid Monitor");
+        assert_eq!(apps["applications"][0]["developer"], "IoT Solutions Inc.");
+        assert_eq!(apps["applications"][0]["platform"], "web");
+        assert_eq!(apps["applications"][0]["status"], "active");
+        // No contact e-mail or any other secret-like field leaks into messages.
+        assert!(!apps.to_string().contains('@'));
+        assert_eq!(breaker.measurements.len(), 8);
+    }
+
+    #[test]
+    fn topics_follow_the_worker_prefix_and_a_mismatch_is_reported() {
+        let catalog = Catalog::from_registry(&sample_registry("iot"), "staging");
+        assert_eq!(
+            catalog.get("smart_meter").unwrap().topics.raw,
+            "staging.smart_meter.raw"
+        );
+        assert_eq!(catalog.registry_prefix_mismatch.as_deref(), Some("iot"));
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_bad_json() {
+        let mut registry = serde_json::to_value(sample_registry("iot")).unwrap();
+        registry["version"] = json!(99);
+        let bytes = serde_json::to_vec(&registry).unwrap();
+        assert!(matches!(
+            Catalog::from_json(&bytes, "iot"),
+            Err(CatalogError::Version { found: 99 })
+        ));
+        assert!(matches!(
+            Catalog::from_json(b"{", "iot"),
+            Err(CatalogError::Parse(_))
+        ));
+        let empty = Catalog::empty("iot");
+        assert!(empty.get("smart_breaker").is_none());
+    }
+}

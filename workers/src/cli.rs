@@ -1,0 +1,152 @@
+//! Flags and environment variables shared by the worker roles. Every knob has a default that works
+//! on a laptop (brokers on 127.0.0.1) and an `IOT_*` environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where the operator mounts ConfigMap `iot-registry` in the worker pods (its
+/// `REGISTRY_MOUNT`/`CONFIG_MAP_KEY`; a test keeps the two in step).
+pub const DEFAULT_REGISTRY_FILE: &str = "/etc/iot-cloud/registry.json";
+
+/// Kafka connection and topic naming.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long, env = "IOT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// Prefix of every Kafka topic name (`{prefix}.{device_type}.raw`, `{prefix}.deadletter`, ...).
+    #[arg(long, env = "IOT_TOPIC_PREFIX", default_value = "iot")]
+    pub topic_prefix: String,
+}
+
+/// MQTT connection and topic layout.
+#[derive(Args, Clone, Debug)]
+pub struct MqttArgs {
+    /// MQTT broker, `mqtt://host:port`.
+    #[arg(long, env = "IOT_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    pub mqtt_url: String,
+    /// First level(s) of the device topics `{root}/{device_id}/{raw|trends|status}`, so that two
+    /// installations can share one broker.
+    #[arg(long, env = "IOT_MQTT_TOPIC_ROOT", default_value = "iot")]
+    pub mqtt_topic_root: String,
+}
+
+/// The registry file the operator writes (ConfigMap `iot-registry`, key `registry.json`).
+#[derive(Args, Clone, Debug)]
+pub struct RegistryArgs {
+    /// Path of `registry.json`; re-read when its contents change.
+    #[arg(long, env = "IOT_REGISTRY_FILE", default_value = DEFAULT_REGISTRY_FILE)]
+    pub registry_file: PathBuf,
+    /// How often to check the registry file for changes, in milliseconds.
+    #[arg(long, env = "IOT_REGISTRY_POLL_MS", default_value_t = 1000)]
+    pub registry_poll_ms: u64,
+}
+
+/// How long a stopping worker may take to finish the messages it has in flight.
+#[derive(Args, Clone, Debug)]
+pub struct ShutdownArgs {
+    /// Seconds to finish in-flight messages after SIGTERM before giving up on them (they are
+    /// then redelivered: MQTT session or uncommitted Kafka offsets).
+    #[arg(long, env = "IOT_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl ShutdownArgs {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// `mqtt://host:port` (port 1883 when omitted) as host and port.
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| anyhow::anyhow!("MQTT URL {url:?} must start with mqtt://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            let port = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("MQTT URL {url:?}: bad port {port:?}"))?;
+            (host, port)
+        }
+        _ => (authority, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    anyhow::ensure!(!host.is_empty(), "MQTT URL {url:?} has no host");
+    Ok((host.to_string(), port))
+}
+
+/// A topic root is one or more non-empty MQTT topic levels without wildcards.
+pub fn check_topic_root(root: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !root.is_empty()
+            && !root.contains(['+', '#'])
+            && !root.starts_with('$')
+            && root.split('/').all(|level| !level.is_empty()),
+        "MQTT topic root {root:?}: use one or more non-empty levels without wildcards, e.g. `iot`"
+    );
+    Ok(())
+}
+
+/// Checks a topic prefix as the operator does.
+pub fn check_topic_prefix(prefix: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        iot_operator::registry::is_valid_topic_prefix(prefix),
+        "topic prefix {prefix:?}: use 1-100 characters of [a-zA-Z0-9_-]"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:21883").unwrap(),
+            ("127.0.0.1".to_string(), 21883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://mosquitto").unwrap(),
+            ("mosquitto".to_string(), 1883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker.iot.svc:1883/").unwrap(),
+            ("broker.iot.svc".to_string(), 1883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1884").unwrap(),
+            ("::1".to_string(), 1884)
+        );
+        assert!(parse_mqtt_url("http://x:1883").is_err());
+        assert!(parse_mqtt_url("mqtt://:1883").is_err());
+        assert!(parse_mqtt_url("mqtt://x:port").is_err());
+    }
+
+    #[test]
+    fn the_default_registry_file_is_where_the_operator_mounts_it() {
+        use iot_operator::controller::deployment::REGISTRY_MOUNT;
+        use iot_operator::registry::CONFIG_MAP_KEY;
+        assert_eq!(
+            DEFAULT_REGISTRY_FILE,
+            format!("{REGISTRY_MOUNT}/{CONFIG_MAP_KEY}")
+        );
+    }
+
+    #[test]
+    fn topic_roots_and_prefixes() {
+        for good in ["iot", "site-a/iot", "t_1"] {
+            assert!(check_topic_root(good).is_ok(), "{good}");
+        }
+        for bad in ["", "iot/", "/iot", "iot/+", "#", "$SYS"] {
+            assert!(check_topic_root(bad).is_err(), "{bad}");
+        }
+        assert!(check_topic_prefix("iot-test_1").is_ok());
+        assert!(check_topic_prefix("iot.x").is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! `iot-worker enrichment`: `{prefix}.{type}.raw` -> `{prefix}.{type}.enriched` and
+//! `{prefix}.enriched`.
+//!
+//! Two delivery modes over the same enrichment ([`prepare`]):
+//! - [`at_least_once`] (default): records are enriched as they arrive and their produces run
+//!   concurrently; a partition's offset is committed only up to the first record whose produces
+//!   are not all acknowledged, so a crash loses nothing and repeats at most what was in flight.
+//! - [`exactly_once`] (`IOT_ENRICHMENT_EXACTLY_ONCE=true`): batches of records are produced and
+//!   their offsets committed in one Kafka transaction; `read_committed` consumers see each record
+//!   once, even across a crash.
+//!
+//! The registry file is re-read on change; with `IOT_DEVICE_TYPE=all` a newly registered device
+//! type is subscribed to without a restart.
+
+pub mod at_least_once;
+pub mod exactly_once;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use iot_operator::admin::Readiness;
+use jiff::Timestamp;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::cli::{self, KafkaArgs, RegistryArgs, ShutdownArgs};
+use crate::clock;
+use crate::enrich::{self, Enriched, Outcome, RecordInfo};
+use crate::kafka::{self, OutRecord, headers};
+use crate::metrics::PipelineMetrics;
+use crate::registry_file;
+use crate::route::{Reason, Rejection};
+use crate::runtime::{self, Flag, Lifecycle};
+
+/// `IOT_DEVICE_TYPE` value for every registered device type.
+pub const ALL_TYPES: &str = "all";
+
+/// Flags of `iot-worker enrichment`.
+#[derive(Args, Clone, Debug)]
+pub struct EnrichmentArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    /// Device type to enrich (the operator's Deployment sets one), or `all` for local runs.
+    #[arg(long, env = "IOT_DEVICE_TYPE", default_value = ALL_TYPES)]
+    pub device_type: String,
+    /// Kafka consumer group. Default: `{prefix}.{device_type}.enrichment` (the operator's name).
+    #[arg(long, env = "IOT_CONSUMER_GROUP")]
+    pub group: Option<String>,
+    /// Static group membership (`group.instance.id`), stable per replica: a restarted replica
+    /// takes its partitions back at once instead of after the session timeout. Unset: dynamic.
+    #[arg(long, env = "IOT_CONSUMER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Consumer session timeout in milliseconds: how long a vanished replica keeps its
+    /// partitions.
+    #[arg(long, env = "IOT_CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 10000)]
+    pub session_timeout_ms: u64,
+    /// Records consumed and not yet acknowledged on every output topic, at most (at-least-once).
+    #[arg(long, env = "IOT_ENRICHMENT_MAX_IN_FLIGHT", default_value_t = 1000)]
+    pub max_in_flight: usize,
+    /// How often finished offsets are committed, in milliseconds (at-least-once).
+    #[arg(long, env = "IOT_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+    /// Exactly-once: produce and commit offsets in Kafka transactions.
+    #[arg(long, env = "IOT_ENRICHMENT_EXACTLY_ONCE")]
+    pub exactly_once: bool,
+    /// Exactly-once: transactional id, stable per replica. Default: `{group}-$HOSTNAME`.
+    #[arg(long, env = "IOT_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+    /// Exactly-once: most records per transaction.
+    #[arg(long, env = "IOT_TRANSACTION_MAX_RECORDS", default_value_t = 500)]
+    pub transaction_max_records: usize,
+    /// Exactly-once: longest a transaction collects records, in milliseconds.
+    #[arg(long, env = "IOT_TRANSACTION_MAX_MS", default_value_t = 100)]
+    pub transaction_max_ms: u64,
+    /// Admin endpoint (`/livez`, `/readyz`, `/metrics`).
+    #[arg(long, env = "IOT_ADMIN_ADDR", default_value = "0.0.0.0:9102")]
+    pub admin_addr: SocketAddr,
+}
+
+impl EnrichmentArgs {
+    pub fn group(&self) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| kafka::enrichment_group(&self.kafka.topic_prefix, &self.device_type))
+    }
+}
+
+/// The raw topics to consume: the chosen device type's, or every registered type's.
+pub fn raw_topics(catalog: &Catalog, device_type: &str, prefix: &str) -> BTreeSet<String> {
+    if device_type == ALL_TYPES {
+        catalog
+            .device_type_ids()
+            .iter()
+            .filter_map(|id| catalog.get(id).map(|c| c.topics.raw.clone()))
+            .collect()
+    } else {
+        // Even before the type is registered: its records are then dead-lettered, not left behind.
+        BTreeSet::from([format!("{prefix}.{device_type}.raw")])
+    }
+}
+
+/// The device type whose raw topic `topic` is (`iot.smart_meter.raw` -> `smart_meter`).
+pub fn device_type_of_raw_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .strip_suffix(".raw")
+}
+
+/// What both modes share once the process is set up.
+pub struct Setup {
+    pub args: EnrichmentArgs,
+    pub group: String,
+    pub metrics: PipelineMetrics,
+    pub readiness: Readiness,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub life: Lifecycle,
+    /// Set when the process is done (ends background tasks).
+    pub done: Flag,
+}
+
+/// Runs the enrichment until `life.stop`, then finishes what is in flight (until `life.abort`).
+pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
+    cli::check_topic_prefix(&args.kafka.topic_prefix)?;
+    anyhow::ensure!(args.max_in_flight > 0, "--max-in-flight must be at least 1");
+    anyhow::ensure!(
+        args.transaction_max_records > 0,
+        "--transaction-max-records must be at least 1"
+    );
+    let metrics = PipelineMetrics::new("enrichment");
+    let readiness = Readiness::default();
+    let (done_tx, done) = runtime::flag();
+    runtime::start_admin(
+        args.admin_addr,
+        readiness.clone(),
+        metrics.registry.clone(),
+        done.clone(),
+    )
+    .await?;
+    let catalog = registry_file::watch(
+        args.registry.registry_file.clone(),
+        args.kafka.topic_prefix.clone(),
+        Duration::from_millis(args.registry.registry_poll_ms),
+        metrics.clone(),
+        done.clone(),
+    )?;
+    let setup = Setup {
+        group: args.group(),
+        args,
+        metrics,
+        readiness,
+        catalog,
+        life,
+        done,
+    };
+    let result = if setup.args.exactly_once {
+        exactly_once::run(setup).await
+    } else {
+        at_least_once::run(setup).await
+    };
+    done_tx.set();
+    result
+}
+
+/// The consumer of both modes: manual offsets, `read_committed` (raw topics may one day be
+/// written transactionally; it costs nothing otherwise).
+pub fn consumer_config(setup: &Setup) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &setup.args.kafka.kafka_bootstrap)
+        .set("group.id", &setup.group)
+        .set("client.id", format!("{}-consumer", setup.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set(
+            "session.timeout.ms",
+            setup.args.session_timeout_ms.to_string(),
+        );
+    if let Some(id) = &setup.args.instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+}
+
+/// Subscribes to `topics` (none: unsubscribes).
+pub fn subscribe<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topics: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    if topics.is_empty() {
+        tracing::warn!("no device type registered: nothing to consume yet");
+        consumer.unsubscribe();
+        return Ok(());
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .with_context(|| format!("subscribing to {names:?}"))
+}
+
+/// Follows the registry: with `all`, a newly registered type's raw topic is subscribed to.
+pub fn follow_registry<C: ConsumerContext>(
+    setup: &mut Setup,
+    consumer: &StreamConsumer<C>,
+    topics: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let wanted = raw_topics(
+        &setup.catalog.borrow_and_update(),
+        &setup.args.device_type,
+        &setup.args.kafka.topic_prefix,
+    );
+    if wanted != *topics {
+        *topics = wanted;
+        subscribe(consumer, topics)?;
+        tracing::info!(?topics, "subscription follows the registry");
+    }
+    Ok(())
+}
+
+/// `((topic, partition), next offset)` pairs as a partition list.
+pub fn partition_list(offsets: &[((String, i32), i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), next) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .expect("valid offset");
+    }
+    list
+}
+
+/// One consumed record, enriched and ready to produce.
+pub struct Prepared {
+    /// Enriched copies for the two enriched topics, or one dead letter.
+    pub records: Vec<OutRecord>,
+    /// The enrichment, or why the record was dead-lettered.
+    pub result: Result<Enriched, Reason>,
+    /// Header `kind` of the raw record.
+    pub kind: String,
+    /// The dead letter to write instead if an output topic turns out not to exist.
+    pub if_topic_missing: OutRecord,
+}
+
+/// Enriches one consumed record (no I/O).
+pub fn prepare(
+    message: &OwnedMessage,
+    catalog: &Catalog,
+    prefix: &str,
+    now: Timestamp,
+) -> Prepared {
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    let hdrs = message.headers();
+    let kind = kafka::header(hdrs, headers::KIND)
+        .unwrap_or("unknown")
+        .to_string();
+    let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    let info = RecordInfo {
+        topic_device_type: device_type_of_raw_topic(prefix, topic),
+        bridge_received_at: kafka::header(hdrs, headers::RECEIVED_AT),
+    };
+    let carried: Vec<(&'static str, String)> =
+        [headers::MQTT_TOPIC, headers::KIND, headers::RECEIVED_AT]
+            .into_iter()
+            .filter_map(|k| kafka::header(hdrs, k).map(|v| (k, v.to_string())))
+            .collect();
+    let source = format!("{topic}/{partition}@{offset}");
+    let fallback_key = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or(&source)
+        .to_string();
+    let dead = |rejection: &Rejection| {
+        kafka::deadletter_record(
+            &catalog.deadletter_topic,
+            "enrichment",
+            source.clone(),
+            &fallback_key,
+            &payload,
+            rejection,
+            carried.clone(),
+        )
+    };
+    let (records, result) = match enrich::enrich(&payload, info, catalog, now) {
+        Outcome::Enriched(e) => {
+            let context = catalog
+                .get(&e.device_type)
+                .expect("enrich only succeeds for registered types");
+            let mut hs = carried.clone();
+            hs.push((headers::DEVICE_TYPE, e.device_type.clone()));
+            hs.push((headers::ENRICHED_AT, clock::rfc3339(now)));
+            let body = Bytes::from(e.payload.clone());
+            let records = [&context.topics.enriched, &catalog.all_enriched_topic]
+                .into_iter()
+                .map(|t| OutRecord {
+                    topic: t.clone(),
+                    key: e.device_id.clone(),
+                    payload: body.clone(),
+                    headers: hs.clone(),
+                })
+                .collect();
+            (records, Ok(e))
+        }
+        Outcome::DeadLetter(rejection) => (vec![dead(&rejection)], Err(rejection.reason)),
+    };
+    let if_topic_missing = dead(&Rejection::new(
+        Reason::TopicMissing,
+        "an output topic does not exist",
+    ));
+    Prepared {
+        records,
+        result,
+        kind,
+        if_topic_missing,
+    }
+}
+
+/// Counts a record whose outputs Kafka acknowledged (and committed, in exactly-once mode).
+pub fn account(metrics: &PipelineMetrics, result: &Result<Enriched, Reason>, kind: &str) {
+    match result {
+        Ok(e) => {
+            metrics
+                .produced
+                .with_label_values(&[e.device_type.as_str(), kind])
+                .inc();
+            if let Some(ts) = e.device_timestamp {
+                metrics
+                    .latency
+                    .observe(clock::seconds_between(ts, clock::now()));
+            }
+        }
+        Err(reason) => {
+            metrics
+                .deadlettered
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp as KafkaTimestamp;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    use super::*;
+    use crate::catalog::fixtures::sample_registry;
+
+    #[test]
+    fn topics_for_one_type_or_all() {
+        let catalog = Catalog::from_registry(&sample_registry("t1"), "t1");
+        assert_eq!(
+            raw_topics(&catalog, "all", "t1"),
+            BTreeSet::from([
+                "t1.environmental_sensor.raw".to_string(),
+                "t1.smart_breaker.raw".to_string(),
+                "t1.smart_meter.raw".to_string()
+            ])
+        );
+        assert_eq!(
+            raw_topics(&catalog, "smart_meter", "t1"),
+            BTreeSet::from(["t1.smart_meter.raw".to_string()])
+        );
+        assert_eq!(
+            raw_topics(&Catalog::empty("t1"), "new_type", "t1"),
+            BTreeSet::from(["t1.new_type.raw".to_string()])
+        );
+    }
+
+    #[test]
+    fn device_type_from_the_raw_topic() {
+        assert_eq!(
+            device_type_of_raw_topic("iot", "iot.smart_meter.raw"),
+            Some("smart_meter")
+        );
+        assert_eq!(
+            device_type_of_raw_topic("iot", "iot2.smart_meter.raw"),
+            None
+        );
+        assert_eq!(
+            device_type_of_raw_topic("iot", "iot.smart_meter.enriched"),
+            None
+        );
+    }
+
+    fn raw_record(topic: &str, payload: &str) -> OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "kind",
+                value: Some("raw"),
+            })
+            .insert(Header {
+                key: "mqtt_topic",
+                value: Some("iot/m-1/raw"),
+            });
+        OwnedMessage::new(
+            Some(payload.as_bytes().to_vec()),
+            Some(b"m-1".to_vec()),
+            topic.to_string(),
+            KafkaTimestamp::NotAvailable,
+            2,
+            41,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_record_goes_to_both_enriched_topics_with_its_headers() {
+        let catalog = Catalog::from_registry(&sample_registry("iot"), "iot");
+        let now = clock::parse("2025-08-20T18:00:55Z").unwrap();
+        let m = raw_record(
+            "iot.smart_meter.raw",
+            r#"{"device_id":"m-1","device_type":"smart_meter","measurements":{}}"#,
+        );
+        let p = prepare(&m, &catalog, "iot", now);
+        let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["iot.smart_meter.enriched", "iot.enriched"]);
+        assert_eq!(p.kind, "raw");
+        let r = &p.records[0];
+        assert_eq!(r.key, "m-1");
+        let hs: std::collections::HashMap<_, _> = r.headers.iter().cloned().collect();
+        assert_eq!(hs["mqtt_topic"], "iot/m-1/raw");
+        assert_eq!(hs["device_type"], "smart_meter");
+        assert_eq!(hs["enriched_at"], "2025-08-20T18:00:55.000000Z");
+        assert_eq!(p.if_topic_missing.topic, "iot.deadletter");
+    }
+
+    #[test]
+    fn a_foreign_record_in_a_raw_topic_is_dead_lettered_with_its_source() {
+        let catalog = Catalog::from_registry(&sample_registry("iot"), "iot");
+        let m = raw_record(
+            "iot.smart_breaker.raw",
+            r#"{"device_id":"m-1","device_type":"smart_meter"}"#,
+        );
+        let p = prepare(&m, &catalog, "iot", clock::now());
+        assert!(matches!(p.result, Err(Reason::DeviceTypeMismatch)));
+        assert_eq!(p.records.len(), 1);
+        let hs: std::collections::HashMap<_, _> = p.records[0].headers.iter().cloned().collect();
+        assert_eq!(hs["reason"], "device_type_mismatch");
+        assert_eq!(hs["stage"], "enrichment");
+        assert_eq!(hs["source"], "iot.smart_breaker.raw/2@41");
+        assert_eq!(p.records[0].key, "m-1");
+    }
+}

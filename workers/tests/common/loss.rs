@@ -1,0 +1,66 @@
+//! Counting sequence numbers of a load run on the enriched topic: what arrived, what is missing,
+//! what arrived more than once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use super::Record;
+
+/// The load simulator's summary (last line of its stdout).
+pub fn summary(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no summary line in the simulator output: {stdout:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Every (device id, seq) the summary says was published.
+pub fn expected(summary: &Value) -> BTreeMap<String, u64> {
+    summary["last_seq"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, n)| (id.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// Copies of each (device id, seq) among `records`.
+pub fn arrivals(records: &[Record]) -> HashMap<(String, u64), u32> {
+    let mut seen = HashMap::new();
+    for r in records {
+        let Ok(v) = serde_json::from_slice::<Value>(&r.payload) else {
+            continue;
+        };
+        if let (Some(id), Some(seq)) = (v["device_id"].as_str(), v["seq"].as_u64()) {
+            *seen.entry((id.to_string(), seq)).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// (missing, duplicates) of `expected` among `seen`.
+pub fn missing_and_duplicates(
+    expected: &BTreeMap<String, u64>,
+    seen: &HashMap<(String, u64), u32>,
+) -> (Vec<(String, u64)>, u64) {
+    let mut missing = Vec::new();
+    for (id, last) in expected {
+        for seq in 1..=*last {
+            if !seen.contains_key(&(id.clone(), seq)) {
+                missing.push((id.clone(), seq));
+            }
+        }
+    }
+    let duplicates = seen.values().map(|n| u64::from(n - 1)).sum();
+    (missing, duplicates)
+}
+
+/// Whether every expected sequence number has arrived.
+pub fn complete(expected: &BTreeMap<String, u64>, records: &[Record]) -> bool {
+    missing_and_duplicates(expected, &arrivals(records))
+        .0
+        .is_empty()
+}
