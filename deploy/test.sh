@@ -43,6 +43,7 @@ stage "cargo build (tests)" cargo build --locked --workspace --all-targets
 status=0
 stage "cargo test (unit + integration)" cargo_tests || status=$?
 stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh || status=$?
+stage "browser end-to-end (dashboard in Chromium)" deploy/e2e/run.sh || status=$?
 if ((status == 0)); then
   stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
 fi
