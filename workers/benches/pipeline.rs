@@ -5,7 +5,8 @@
 //! publishes numbered telemetry for `IOT_BENCH_SECONDS`, bridge and enrichment carry it, and a
 //! consumer of `{prefix}.enriched` counts distinct sequence numbers and measures the latency from
 //! the device timestamp to its arrival. The same load is also measured against a plain MQTT
-//! subscriber that only counts (the broker's pass-through limit on this machine). Memory is the
+//! subscriber that only counts (the broker's pass-through limit on this machine), and as a plain
+//! Kafka consume-produce loop without enrichment (the Kafka side's limit). Memory is the
 //! RSS of the bridge and the enrichment, idle and at their peak.
 //!
 //! `IOT_BENCH_RATES` (default `1000,2000,4000`), `IOT_BENCH_SECONDS` (default 10),
@@ -224,6 +225,89 @@ async fn mqtt_pass_through(rate: f64, seconds: u64, devices: usize) {
     );
 }
 
+/// The broker's consume-produce limit without enrichment: the same number of messages, already in
+/// a raw topic, read and written to another topic (acks=all, idempotent, 1000 in flight) by a plain
+/// loop. What the enrichment could reach at best on this machine and broker.
+async fn kafka_pass_through(rate: f64, seconds: u64) {
+    use futures::StreamExt;
+    use futures::stream::FuturesUnordered;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let inst = Installation::new("bench-kafka").await;
+    let total = (rate * seconds as f64) as usize;
+    let raw = inst.raw_topic("smart_breaker");
+    let out = inst.enriched_topic("smart_breaker");
+    let producer = |idempotent: &str| -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &inst.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", idempotent)
+            .set("linger.ms", "5")
+            .create()
+            .unwrap()
+    };
+    // A payload of the size of a simulated breaker telemetry message.
+    let payload = iot_workers::catalog::fixtures::SEED_RAW.as_bytes().to_vec();
+    let fill = producer("true");
+    let keys: Vec<String> = (0..20).map(|d| format!("breaker-{d:03}")).collect();
+    let mut pending = FuturesUnordered::new();
+    for i in 0..total {
+        let record = FutureRecord::to(&raw)
+            .key(&keys[i % keys.len()])
+            .payload(&payload);
+        pending.push(fill.send(record, Duration::from_secs(30)));
+        if pending.len() >= 5000 {
+            pending.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.unwrap();
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &inst.bootstrap)
+        .set("group.id", unique_name("bench-pass"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..common::PARTITIONS {
+        tpl.add_partition_offset(&raw, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let forward = producer("true");
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..total {
+        let m = consumer.recv().await.unwrap();
+        let key = m.key().unwrap_or_default().to_vec();
+        let value = m.payload().unwrap_or_default().to_vec();
+        let forward = &forward;
+        let out = &out;
+        in_flight.push(async move {
+            forward
+                .send(
+                    FutureRecord::to(out).key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+        });
+        if in_flight.len() >= 1000 {
+            in_flight.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "kafka-only {total:>6} messages of {} bytes consumed and produced (acks=all) in {elapsed:.2} s: {:>7.0}/s",
+        payload.len(),
+        total as f64 / elapsed
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing else to parse.
     let rates: Vec<f64> = std::env::var("IOT_BENCH_RATES")
@@ -240,6 +324,7 @@ fn main() {
     runtime.block_on(async {
         for rate in rates {
             mqtt_pass_through(rate, seconds, devices).await;
+            kafka_pass_through(rate, seconds).await;
             pipeline(rate, seconds, devices).await;
         }
     });
