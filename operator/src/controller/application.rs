@@ -12,7 +12,7 @@ use serde_json::json;
 use super::conditions::{self, Cond};
 use super::error::{Error, Result};
 use super::{Context, KIND_APPLICATION};
-use crate::crd::{Application, ApplicationStatus, CONDITION_READY, TopicNames, validate};
+use crate::crd::{Application, ApplicationStatus, TopicNames, validate};
 
 pub const DEVICE_TYPES_RESOLVED: &str = "DeviceTypesResolved";
 
@@ -105,28 +105,15 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
             &Patch::Merge(&json!({ "status": status })),
         )
         .await?;
-        let was_ready = previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == CONDITION_READY && c.status == "True");
-        let is_ready = conds.last().is_some_and(|c| c.ok);
-        if was_ready != is_ready {
-            let failing = conds.iter().find(|c| !c.ok);
-            match failing {
-                None => {
-                    ctx.event(
-                        &*app,
-                        EventType::Normal,
-                        "Ready",
-                        "all device types resolved",
-                    )
-                    .await
-                }
-                Some(c) => {
-                    ctx.event(&*app, EventType::Warning, c.reason, &c.message)
-                        .await
-                }
-            }
+        if let Some((ok, reason, message)) =
+            conditions::ready_transition(&previous.conditions, &conds)
+        {
+            let kind = if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            ctx.event(&*app, kind, reason, &message).await;
         }
     }
     ctx.metrics

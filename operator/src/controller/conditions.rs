@@ -75,6 +75,29 @@ pub fn ready(parts: &[Cond]) -> Cond {
     }
 }
 
+/// Whether the stored conditions say `Ready=True`.
+pub fn is_ready(conds: &[Condition]) -> bool {
+    conds
+        .iter()
+        .any(|c| c.type_ == crate::crd::CONDITION_READY && c.status == "True")
+}
+
+/// The Event to publish when `Ready` flips between the stored conditions and the decided ones
+/// (the last of `decided` is `Ready`): `(ok, reason, message)`, or `None` when it did not flip.
+pub fn ready_transition(
+    stored: &[Condition],
+    decided: &[Cond],
+) -> Option<(bool, &'static str, String)> {
+    let now = decided.last().is_some_and(|c| c.ok);
+    if now == is_ready(stored) {
+        return None;
+    }
+    Some(match decided.iter().find(|c| !c.ok) {
+        None => (true, "Ready", "all conditions are met".to_string()),
+        Some(c) => (false, c.reason, format!("{}: {}", c.reason, c.message)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +129,36 @@ mod tests {
         );
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "False");
+    }
+
+    #[test]
+    fn ready_transitions_are_reported_once() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let failing = [Cond::new("TopicsReady", false, "KafkaUnavailable", "down")];
+        let mut decided = failing.to_vec();
+        decided.push(ready(&failing));
+        let stored = merge(&[], &decided, Some(1), t0);
+        assert_eq!(
+            ready_transition(&[], &decided),
+            None,
+            "not ready before, not ready now"
+        );
+        let ok = [Cond::new("TopicsReady", true, "UpToDate", "")];
+        let mut decided_ok = ok.to_vec();
+        decided_ok.push(ready(&ok));
+        assert_eq!(
+            ready_transition(&stored, &decided_ok),
+            Some((true, "Ready", "all conditions are met".to_string()))
+        );
+        let stored_ok = merge(&stored, &decided_ok, Some(1), t0);
+        assert_eq!(
+            ready_transition(&stored_ok, &decided),
+            Some((
+                false,
+                "KafkaUnavailable",
+                "KafkaUnavailable: down".to_string()
+            ))
+        );
     }
 
     #[test]

@@ -412,11 +412,7 @@ async fn write_status(
     fill(&mut status);
     let mut all = conds;
     all.push(conditions::ready(&all));
-    let was_ready = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == crate::crd::CONDITION_READY && c.status == "True");
-    let ready = all.last().is_some_and(|c| c.ok);
+    let transition = conditions::ready_transition(&previous.conditions, &all);
     status.conditions = conditions::merge(
         &previous.conditions,
         &all,
@@ -434,18 +430,13 @@ async fn write_status(
         &Patch::Merge(&patch),
     )
     .await?;
-    if ready != was_ready {
-        let (kind, reason) = if ready {
-            (EventType::Normal, "Ready")
+    if let Some((ok, reason, message)) = transition {
+        let kind = if ok {
+            EventType::Normal
         } else {
-            (EventType::Warning, "NotReady")
+            EventType::Warning
         };
-        let message = all
-            .iter()
-            .find(|c| !c.ok)
-            .map_or("all conditions are met".to_string(), |c| {
-                format!("{}: {}", c.reason, c.message)
-            });
+        let reason = if ok { reason } else { "NotReady" };
         ctx.event(dt, kind, reason, &message).await;
     }
     Ok(())
