@@ -147,8 +147,12 @@ async function enrichedTotal(page) {
 }
 
 async function expand(page, list, text) {
-  const row = page.locator(`[data-list="${list}"] details`).filter({ hasText: text }).first();
-  await row.waitFor({ timeout: WAIT_MS });
+  const newest = page.locator(`[data-list="${list}"] details`).filter({ hasText: text }).first();
+  await newest.waitFor({ timeout: WAIT_MS });
+  // Pin that one row by its sequence number: new messages keep arriving on top, and `first()`
+  // would otherwise point at a newer, closed row on every look.
+  const seq = await newest.getAttribute("data-seq");
+  const row = page.locator(`[data-list="${list}"] details[data-seq="${seq}"]`);
   if (!(await row.evaluate((d) => d.open))) await row.locator("summary").click();
   // The JSON is rendered on the (asynchronous) toggle event.
   return waitFor(`the expanded ${text} row`, () => row.locator("pre").textContent());

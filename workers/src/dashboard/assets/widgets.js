@@ -140,8 +140,11 @@
         this.el.insertBefore(row, this.el.firstChild);
         this.lastSeq = Math.max(this.lastSeq, e.seq);
       }
+      // Beyond the limit the oldest rows go, except those the user has opened: a message being
+      // read must not vanish under the reader at high message rates.
       const seqs = [...this.rows.keys()].sort((a, b) => b - a);
       for (const s of seqs.slice(this.opts.limit)) {
+        if (this.rows.get(s).open) continue;
         this.rows.get(s).remove();
         this.rows.delete(s);
       }
