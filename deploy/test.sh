@@ -43,7 +43,12 @@ stage "cargo build (tests)" cargo build --locked --workspace --all-targets
 status=0
 stage "cargo test (unit + integration)" cargo_tests || status=$?
 stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh || status=$?
-stage "browser end-to-end (dashboard in Chromium)" deploy/e2e/run.sh || status=$?
+E2E_LOG=$(mktemp)
+browser_tests() {
+  deploy/e2e/run.sh 2>&1 | tee "$E2E_LOG"
+  return "${PIPESTATUS[0]}"
+}
+stage "browser end-to-end (dashboard in Chromium)" browser_tests || status=$?
 if ((status == 0)); then
   stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
 fi
@@ -53,7 +58,11 @@ printf '  %s\n' "${SUMMARY[@]}" >&2
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
   if ($(i + 1) ~ /^passed;/) p += $i; if ($(i + 1) ~ /^failed;/) f += $i } }
   END { print p + 0, f + 0 }' "$TEST_LOG")
-rm -f "$TEST_LOG"
+# The browser test prints its own "N passed, M failed" line; add it to the total.
+read -r e2e_passed e2e_failed < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$E2E_LOG" | tail -1) || true
+passed=$((passed + ${e2e_passed:-0}))
+failed=$((failed + ${e2e_failed:-0}))
+rm -f "$TEST_LOG" "$E2E_LOG"
 # The closing line CI reads.
 echo "tests: $passed passed, $failed failed"
 exit "$status"
