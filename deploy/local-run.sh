@@ -6,6 +6,8 @@
 #
 #   deploy/local-run.sh up        start everything (builds what is missing; idempotent)
 #   deploy/local-run.sh status    one line per process
+#   deploy/local-run.sh check     assert that the running platform carries data end to end (the
+#                                 test command runs up, check, down)
 #   deploy/local-run.sh down      stop the processes (the test environment keeps running;
 #                                 deploy/testenv/down.sh stops it)
 #
@@ -137,9 +139,57 @@ status() {
   return $rc
 }
 
+# The platform as a user sees it: every DeviceType Ready, messages of all three device types
+# enriched and on the dashboard, devices online, one tab per sample Application, and the Smart
+# Grid Monitor's topic never carrying another device type.
+check() {
+  # shellcheck source=/dev/null
+  source deploy/testenv/.run/env
+  local deadline=$((SECONDS + ${IOT_LOCAL_CHECK_TIMEOUT:-120})) last=""
+  kubectl wait --for=condition=Ready dt --all -n "$NS" --timeout=60s >/dev/null ||
+    die "DeviceTypes in $NS are not Ready"
+  while :; do
+    if last=$(curl -sf "http://$DASHBOARD_ADDR/api/overview" | python3 -c '
+import json, sys
+o = json.load(sys.stdin)
+types = o["device_types"]
+want = ["environmental_sensor", "smart_breaker", "smart_meter"]
+def enriched(t):
+    return types.get(t, {}).get("enriched", {}).get("total", 0)
+online = o["devices"]["online"]
+print(" ".join("%s=%d" % (t, enriched(t)) for t in want), "online=%d" % online)
+sys.exit(0 if all(enriched(t) > 0 for t in want) and online >= 3 else 1)
+'); then
+      break
+    fi
+    ((SECONDS < deadline)) || die "no enriched messages of every device type on the dashboard in time (last: $last)"
+    sleep 1
+  done
+  log "enriched messages on the dashboard: $last"
+  local apps
+  apps=$(curl -sf "http://$DASHBOARD_ADDR/api/applications" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+apps = d["applications"] if isinstance(d, dict) else d
+print(" ".join(sorted(a["id"] for a in apps)))')
+  [[ $apps == "$NS/energy-analytics $NS/environmental-tracker $NS/smart-grid-monitor" ]] ||
+    die "dashboard tabs are '$apps', expected the three sample Applications"
+  local drops
+  drops=$(curl -sf "http://$DASHBOARD_ADDR/metrics" | awk '/^iot_dashboard_isolation_drops_total/ {s += $2} END {print s + 0}')
+  [[ $drops == 0 ]] || die "$drops records of another device type arrived on a device type's enriched topic"
+  local registry_apps
+  registry_apps=$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sum(len(t["applications"]) for t in r["deviceTypes"].values()))' "$LOCAL_DIR/registry.json")
+  [[ $registry_apps == 3 ]] || die "the mirrored registry lists $registry_apps applications, expected 3"
+  log "check passed: DeviceTypes Ready, all three device types enriched and shown, tabs $apps, no foreign records"
+}
+
 case ${1:-up} in
   up) up ;;
+  check) check ;;
   down) down ;;
   status) status ;;
-  *) die "usage: deploy/local-run.sh [up|down|status]" ;;
+  *) die "usage: deploy/local-run.sh [up|check|status|down]" ;;
 esac

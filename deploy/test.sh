@@ -49,6 +49,15 @@ browser_tests() {
   return "${PIPESTATUS[0]}"
 }
 stage "browser end-to-end (dashboard in Chromium)" browser_tests || status=$?
+# The whole platform as a user runs it without a cluster: the live operator with deploy/samples/
+# applied, simulator, bridge, one enrichment per type and the dashboard as processes.
+local_platform() {
+  local rc=0
+  IOT_SIM_SPEED=10 deploy/local-run.sh up && deploy/local-run.sh check || rc=$?
+  deploy/local-run.sh down
+  return "$rc"
+}
+stage "platform end to end (deploy/local-run.sh)" local_platform || status=$?
 if ((status == 0)); then
   stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
 fi
