@@ -183,7 +183,18 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(sum(len(t["applications"]) for t in r["deviceTypes"].values()))' "$LOCAL_DIR/registry.json")
   [[ $registry_apps == 3 ]] || die "the mirrored registry lists $registry_apps applications, expected 3"
-  log "check passed: DeviceTypes Ready, all three device types enriched and shown, tabs $apps, no foreign records"
+  # Every metric the Grafana dashboards and alert rules query is exported by a running component.
+  local all="$LOCAL_DIR/all.metrics" name port missing=()
+  : >"$all"
+  for port in 9100 9101 9103 9110 9111 9112; do curl -sf "http://127.0.0.1:$port/metrics" >>"$all"; done
+  curl -sf "http://$DASHBOARD_ADDR/metrics" >>"$all"
+  while IFS=$'\t' read -r name _; do
+    [[ -z $name || $name == \#* ]] && continue
+    grep -q "^${name}[{ ]" "$all" || missing+=("$name")
+  done <deploy/monitoring/metrics-used.txt
+  ((${#missing[@]} == 0)) ||
+    die "queried by deploy/monitoring but not exported by the running components: ${missing[*]}"
+  log "check passed: DeviceTypes Ready, all three device types enriched and shown, tabs $apps, no foreign records, all $(grep -vc '^#' deploy/monitoring/metrics-used.txt) monitored metrics exported"
 }
 
 case ${1:-up} in

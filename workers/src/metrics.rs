@@ -101,6 +101,17 @@ impl PipelineMetrics {
         ] {
             registry.register(m).expect("unique metric names");
         }
+        // Export every dead-letter reason and message kind at 0 from the start, so alerts on
+        // their rate see the first one.
+        for reason in crate::route::Reason::ALL {
+            deadlettered.with_label_values(&[reason.as_str()]);
+        }
+        for kind in crate::route::Kind::ALL {
+            received.with_label_values(&[kind.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            registry_reloads.with_label_values(&[result]);
+        }
         Self {
             registry,
             received,
@@ -205,5 +216,7 @@ mod tests {
         assert!(text.contains("iot_bridge_messages_deadlettered_total{reason=\"not_json\"} 1"));
         assert!(text.contains("iot_bridge_end_to_end_latency_seconds_bucket{le=\"0.025\"} 1"));
         assert!(text.contains("iot_bridge_in_flight_messages 0"));
+        // Reasons not seen yet are exported at 0, so rate() sees the first dead letter.
+        assert!(text.contains("iot_bridge_messages_deadlettered_total{reason=\"oversize\"} 0"));
     }
 }

@@ -88,6 +88,23 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, so metrics can export each at 0 before the first dead letter (a counter that
+    /// appears at 1 hides its first increase from `rate()` and `increase()`).
+    pub const ALL: [Reason; 12] = [
+        Reason::UnexpectedTopic,
+        Reason::Oversize,
+        Reason::NotUtf8,
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::NoDeviceId,
+        Reason::NoDeviceType,
+        Reason::UnregisteredDeviceType,
+        Reason::TopicMissing,
+        Reason::DeviceTypeMismatch,
+        Reason::OutOfRange,
+        Reason::ProduceFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::UnexpectedTopic => "unexpected_topic",

@@ -82,6 +82,19 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // Every kind/result and kind/category pair at 0 from the start, so that `rate()` and
+        // `increase()` (and the alert on reconcile errors) see the first one.
+        for kind in ["DeviceType", "Application"] {
+            for result in ["ok", "error", "invalid"] {
+                reconciles.with_label_values(&[kind, result]);
+            }
+            for category in ["kube", "kafka", "internal"] {
+                errors.with_label_values(&[kind, category]);
+            }
+        }
+        for result in ["ok", "error"] {
+            registry_updates.with_label_values(&[result]);
+        }
         Self {
             registry,
             reconciles,
