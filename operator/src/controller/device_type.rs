@@ -169,7 +169,7 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
     // Lag of the enrichment consumer group, and the replicas it asks for.
     let names = TopicNames::for_device_type(&ctx.config.topic_prefix, &dt.spec.device_type);
     let lag = if topic_error.is_none() {
-        ctx.lag(&dt.spec.device_type, &names.raw).await
+        read_lag(&ctx, &dt.spec.device_type, &names.raw).await
     } else {
         None
     };
@@ -287,17 +287,21 @@ async fn sync_finalizer(dt: &DeviceType, api: &Api<DeviceType>) -> Result<()> {
     if has == wants {
         return Ok(());
     }
-    let mut finalizers: Vec<String> = dt
+    set_topic_finalizer(dt, api, wants).await
+}
+
+/// Adds or removes the topic finalizer, keeping every other finalizer. A JSON merge patch with the
+/// resourceVersion fails on a concurrent change instead of overwriting someone else's finalizer.
+async fn set_topic_finalizer(dt: &DeviceType, api: &Api<DeviceType>, present: bool) -> Result<()> {
+    let mut finalizers: Vec<&str> = dt
         .finalizers()
         .iter()
+        .map(String::as_str)
         .filter(|f| *f != TOPIC_FINALIZER)
-        .cloned()
         .collect();
-    if wants {
-        finalizers.push(TOPIC_FINALIZER.into());
+    if present {
+        finalizers.push(TOPIC_FINALIZER);
     }
-    // A JSON merge patch with the resourceVersion fails on a concurrent change instead of
-    // overwriting someone else's finalizer.
     let patch = json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": dt.resource_version() }
     });
@@ -382,19 +386,7 @@ async fn cleanup(dt: &DeviceType, api: &Api<DeviceType>, ctx: &Context) -> Resul
         )
         .await;
     }
-    let finalizers: Vec<String> = dt
-        .finalizers()
-        .iter()
-        .filter(|f| *f != TOPIC_FINALIZER)
-        .cloned()
-        .collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": dt.resource_version() } });
-    api.patch(
-        &dt.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    set_topic_finalizer(dt, api, false).await?;
     Ok(Action::await_change())
 }
 
@@ -443,7 +435,7 @@ async fn write_status(
 }
 
 /// Lag of the enrichment group of `id` on `raw_topic`; `None` when it cannot be read.
-pub(super) async fn read_lag(ctx: &Context, id: &str, raw_topic: &str) -> Option<i64> {
+async fn read_lag(ctx: &Context, id: &str, raw_topic: &str) -> Option<i64> {
     let bootstrap = ctx.config.kafka_bootstrap.clone();
     let group = ctx.config.enrichment_group(id);
     let topic = raw_topic.to_string();

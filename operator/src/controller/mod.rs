@@ -135,11 +135,6 @@ impl Context {
         Ok(())
     }
 
-    /// Lag of the enrichment group of device type `id`.
-    pub async fn lag(&self, id: &str, raw_topic: &str) -> Option<i64> {
-        device_type::read_lag(self, id, raw_topic).await
-    }
-
     /// Replicas to apply for an autoscaled DeviceType (see [`DownscaleWindow`]).
     pub fn downscale_decision(&self, uid: String, current: i32, wanted: i32, now: Instant) -> i32 {
         self.downscale

@@ -62,7 +62,18 @@ pub async fn run(
     }
     let mut written: Option<String> = None;
     let mut failures = 0u32;
+    // The (uid, resourceVersion) of every cached object when the registry was last settled: an
+    // unchanged cache needs no rebuild.
+    let mut settled: Option<Vec<(String, String)>> = None;
     loop {
+        let versions = cache_versions(&ctx);
+        if settled.as_ref() == Some(&versions) {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                () = tokio::time::sleep(POLL) => {}
+            }
+            continue;
+        }
         let dts: Vec<_> = ctx
             .device_types
             .state()
@@ -115,6 +126,9 @@ pub async fn run(
                 }
             }
         }
+        if failures == 0 {
+            settled = Some(versions);
+        }
         let wait = if failures == 0 {
             POLL
         } else {
@@ -125,4 +139,23 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Identity and version of every cached DeviceType and Application, in a stable order.
+fn cache_versions(ctx: &Context) -> Vec<(String, String)> {
+    let ids = |meta: &ObjectMeta| {
+        (
+            meta.uid.clone().unwrap_or_default(),
+            meta.resource_version.clone().unwrap_or_default(),
+        )
+    };
+    let mut versions: Vec<_> = ctx
+        .device_types
+        .state()
+        .iter()
+        .map(|d| ids(&d.metadata))
+        .chain(ctx.applications.state().iter().map(|a| ids(&a.metadata)))
+        .collect();
+    versions.sort();
+    versions
 }
