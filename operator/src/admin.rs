@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint every IoT Cloud process serves (operator and workers alike):
-//! `/livez` (the process runs), `/readyz` (it has done its first sync or reached its brokers),
+//! `/livez` (the process runs and is not stuck), `/readyz` (it has done its first sync or reached
+//! its brokers),
 //! `/metrics` (Prometheus text format from the process's own metrics registry).
 
 use std::net::SocketAddr;
@@ -27,19 +28,57 @@ impl Readiness {
     }
 }
 
+/// Liveness: true unless the process found itself stuck (then Kubernetes restarts it).
+#[derive(Clone, Debug)]
+pub struct Liveness(Arc<AtomicBool>);
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Liveness {
+    pub fn set(&self, live: bool) {
+        self.0.store(live, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     readiness: Readiness,
+    liveness: Liveness,
     metrics: Registry,
 }
 
-/// The admin routes, to serve alone ([`serve`]) or merged into a larger router (the dashboard).
+/// The admin routes, to serve alone ([`serve`]) or merged into a larger router (the dashboard);
+/// `/livez` always answers ok.
 pub fn router(readiness: Readiness, metrics: Registry) -> Router {
+    router_with_liveness(readiness, Liveness::default(), metrics)
+}
+
+/// The admin routes with a `/livez` that fails (503) while `liveness` is false.
+pub fn router_with_liveness(readiness: Readiness, liveness: Liveness, metrics: Registry) -> Router {
     Router::new()
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { readiness, metrics })
+        .with_state(AdminState {
+            readiness,
+            liveness,
+            metrics,
+        })
+}
+
+async fn livez(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.liveness.get() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stuck")
+    }
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iot_operator::admin::{self, Readiness};
+use iot_operator::admin::{self, Liveness, Readiness};
 use tokio::sync::watch;
 
 /// A flag that is set once and can be awaited.
@@ -91,10 +91,11 @@ impl Lifecycle {
 pub async fn start_admin(
     addr: SocketAddr,
     readiness: Readiness,
+    liveness: Liveness,
     metrics: prometheus::Registry,
     stop: Flag,
 ) -> anyhow::Result<()> {
-    let router = admin::router(readiness, metrics);
+    let router = admin::router_with_liveness(readiness, liveness, metrics);
     admin::serve(addr, router, async move { stop.wait().await })
         .await
         .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e}"))?;

@@ -2,9 +2,11 @@
 //! MQTT broker once Kafka has acknowledged the record.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use rumqttc::Publish;
-use tokio::sync::OwnedSemaphorePermit;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::catalog::Catalog;
@@ -23,18 +25,51 @@ enum Carried {
     DeadLettered(Reason),
 }
 
+/// A message the pump received, for the carrier.
+pub(super) struct Incoming {
+    pub publish: Publish,
+    /// The MQTT connection it arrived on (see `Shared::connection`).
+    pub connection: u64,
+}
+
+/// One MQTT message with its topic as text.
+struct Message {
+    topic: String,
+    payload: Bytes,
+    publish: Publish,
+    connection: u64,
+}
+
+/// Carries the messages the pump hands over, in arrival order, until the pump is gone.
+pub(super) async fn carrier(shared: Arc<Shared>, mut from_pump: mpsc::UnboundedReceiver<Incoming>) {
+    while let Some(incoming) = from_pump.recv().await {
+        carry(&shared, incoming).await;
+    }
+}
+
 /// Routes one message, hands its record to the producer (in arrival order, which keeps each
 /// device's messages in order) and spawns the wait for Kafka's acknowledgement, after which the
 /// MQTT message is acknowledged.
-pub(super) async fn carry(shared: &Arc<Shared>, publish: Publish, permit: OwnedSemaphorePermit) {
+async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
     let received_at = clock::now();
+    let Incoming {
+        publish,
+        connection,
+    } = incoming;
+    // MQTT topic names are UTF-8 by the protocol; a broken one is kept visible, not dropped.
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let publish = Message {
+        topic,
+        payload: publish.payload.clone(),
+        publish,
+        connection,
+    };
     let kind = route::kind_of_topic(&publish.topic);
     shared
         .metrics
         .received
         .with_label_values(&[kind.map_or("unknown", Kind::as_str)])
         .inc();
-    shared.metrics.in_flight.inc();
     let catalog = shared.catalog.borrow().clone();
     let received = clock::rfc3339(received_at);
     let (record, carried) = match route::route(
@@ -74,29 +109,37 @@ pub(super) async fn carry(shared: &Arc<Shared>, publish: Publish, permit: OwnedS
     let shared = shared.clone();
     tokio::spawn(async move {
         let outcome = finish(&shared, &publish, record, first, carried, &catalog).await;
-        shared.metrics.in_flight.dec();
         match outcome {
             Ok(carried) => {
                 account(&shared.metrics, &carried);
-                // Acknowledge before releasing the permit: the drain waits for all permits and
-                // then disconnects, which must come after every acknowledgement.
-                if let Err(e) = shared.client.ack(&publish).await {
-                    tracing::warn!(error = %e, topic = %publish.topic, "MQTT acknowledgement not sent; the broker will redeliver");
-                }
+                acknowledge(&shared, &publish).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
             }
         }
-        drop(permit);
+        // Finished only after the acknowledgement is queued: the drain disconnects once nothing
+        // is pending, and the disconnect must come after every acknowledgement.
+        shared.finish();
     });
+}
+
+/// Acknowledges a carried message to the broker, unless it arrived on an earlier connection
+/// (the broker has redelivered it on the current one, where it is carried again).
+async fn acknowledge(shared: &Shared, message: &Message) {
+    if message.connection != shared.connection.load(Ordering::Acquire) {
+        return;
+    }
+    if let Err(e) = shared.client.ack(&message.publish).await {
+        tracing::warn!(error = %e, topic = %message.topic, "MQTT acknowledgement not sent; the broker will redeliver");
+    }
 }
 
 /// Waits for the record's acknowledgement; a record Kafka cannot take goes to the dead-letter
 /// topic instead.
 async fn finish(
     shared: &Shared,
-    publish: &Publish,
+    publish: &Message,
     record: OutRecord,
     first: Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError>,
     carried: Carried,
@@ -143,7 +186,7 @@ async fn finish(
 
 fn dead_letter(
     catalog: &Catalog,
-    publish: &Publish,
+    publish: &Message,
     rejection: &Rejection,
     received: String,
 ) -> OutRecord {

@@ -1,29 +1,39 @@
 //! `iot-worker bridge`: MQTT -> Kafka, at-least-once.
 //!
-//! One persistent MQTT session per replica (stable client id, `clean_session=false`) with a shared
-//! subscription, so replicas split the load and a restarted replica gets back what it had not
-//! acknowledged. Each QoS 1 message is acknowledged to the broker only after Kafka acknowledged
-//! its record (acks=all, idempotent producer): on its raw topic, or on the dead-letter topic when
-//! it cannot be carried. At most `max_in_flight` messages are unacknowledged; beyond that the
-//! bridge stops reading from the broker (back-pressure; the broker queues for the session).
+//! One persistent MQTT 5 session per replica (stable client id, no clean start, a session that
+//! outlives disconnects) with a shared subscription, so replicas split the load and a restarted
+//! replica gets back what it had not acknowledged. Each QoS 1 message is acknowledged to the broker
+//! only after Kafka acknowledged its record (acks=all, idempotent producer): on its raw topic, or on
+//! the dead-letter topic when it cannot be carried.
+//!
+//! Flow control is the protocol's: the bridge connects with Receive Maximum = `max_in_flight`, so
+//! the broker never has more than that many messages unacknowledged with it and queues the rest in
+//! the session. The connection is therefore polled at all times: the pump task only reads events
+//! and hands messages to the carrier, never waiting for capacity, for Kafka or for an
+//! acknowledgement, so PUBACKs and keep-alives always flow. (Waiting for capacity inside the poll
+//! loop while acknowledgements wait for the poll loop is a circular wait.)
 
 mod carry;
+pub mod progress;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use iot_operator::admin::Readiness;
+use iot_operator::admin::{Liveness, Readiness};
+use prometheus::IntGauge;
 use rdkafka::producer::{FutureProducer, Producer};
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter,
-    SubscribeReasonCode,
-};
-use tokio::sync::{Semaphore, watch};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{Notify, mpsc, watch};
 
+use self::carry::Incoming;
+use self::progress::Progress;
 use crate::catalog::Catalog;
 use crate::cli::{self, KafkaArgs, MqttArgs, RegistryArgs, ShutdownArgs};
 use crate::kafka;
@@ -34,7 +44,10 @@ use crate::runtime::{self, Flag, Lifecycle};
 
 /// Largest MQTT packet accepted from the broker: the protocol's maximum, so that an oversize
 /// payload is dead-lettered instead of breaking the connection (and coming back for ever).
-const MQTT_MAX_PACKET: usize = 268_435_455;
+const MQTT_MAX_PACKET: u32 = 268_435_455;
+
+/// Session Expiry Interval meaning "never": the session and its queue outlive any outage.
+const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
 
 /// Flags of `iot-worker bridge`.
 #[derive(Args, Clone, Debug)]
@@ -54,9 +67,16 @@ pub struct BridgeArgs {
     /// Shared-subscription group: replicas in one group split the messages.
     #[arg(long, env = "IOT_BRIDGE_GROUP", default_value = "iot-bridge")]
     pub group: String,
-    /// Messages received and not yet acknowledged by Kafka, at most.
-    #[arg(long, env = "IOT_BRIDGE_MAX_IN_FLIGHT", default_value_t = 1000)]
-    pub max_in_flight: usize,
+    /// Messages received and not yet acknowledged, at most (the MQTT Receive Maximum the bridge
+    /// asks the broker to respect; 1 to 65535).
+    #[arg(long, env = "IOT_BRIDGE_MAX_IN_FLIGHT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_in_flight: u16,
+    /// Seconds with messages pending and none finished after which the bridge reports itself
+    /// stalled: not ready, `iot_bridge_stalled` 1, and (while Kafka answers) not live, so that
+    /// Kubernetes restarts it.
+    #[arg(long, env = "IOT_BRIDGE_STALL_SECONDS", default_value_t = 30)]
+    pub stall_seconds: u64,
     /// Largest payload carried, in bytes; larger ones are dead-lettered (`oversize`).
     #[arg(long, env = "IOT_MAX_PAYLOAD_BYTES", default_value_t = route::DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
@@ -82,7 +102,7 @@ pub fn subscriptions(group: &str, root: &str) -> Vec<String> {
         .collect()
 }
 
-/// What one bridge process shares between its message tasks.
+/// What the pump, the carrier and the message tasks of one bridge process share.
 struct Shared {
     producer: FutureProducer,
     client: AsyncClient,
@@ -90,20 +110,60 @@ struct Shared {
     catalog: watch::Receiver<Arc<Catalog>>,
     max_payload_bytes: usize,
     abort: Flag,
+    progress: Progress,
+    /// Woken whenever a message is finished (the drain waits on it).
+    finished: Notify,
+    /// Number of the current MQTT connection: a message received on an earlier connection is
+    /// not acknowledged (the broker redelivers it on the new one, and its packet id may have been
+    /// reused).
+    connection: AtomicU64,
 }
 
-/// Connection state behind `/readyz`.
-#[derive(Default)]
+impl Shared {
+    fn finish(&self) {
+        self.metrics.in_flight.dec();
+        self.progress.finished();
+        self.finished.notify_waiters();
+    }
+}
+
+/// Connection and stall state behind `/readyz`, `/livez` and `iot_bridge_stalled`.
 struct Health {
     mqtt: AtomicBool,
     kafka: AtomicBool,
+    stalled: AtomicBool,
+    readiness: Readiness,
+    liveness: Liveness,
+    stalled_gauge: IntGauge,
 }
 
 impl Health {
-    fn publish(&self, readiness: &Readiness, metrics: &PipelineMetrics) {
-        let ready = self.mqtt.load(Ordering::Relaxed) && self.kafka.load(Ordering::Relaxed);
-        readiness.set(ready);
-        metrics.connected.set(i64::from(ready));
+    fn new(metrics: &PipelineMetrics) -> anyhow::Result<Self> {
+        let stalled_gauge = IntGauge::new(
+            "iot_bridge_stalled",
+            "1 while messages are pending and none has been finished for IOT_BRIDGE_STALL_SECONDS",
+        )?;
+        metrics.registry.register(Box::new(stalled_gauge.clone()))?;
+        Ok(Self {
+            mqtt: AtomicBool::new(false),
+            kafka: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            readiness: Readiness::default(),
+            liveness: Liveness::default(),
+            stalled_gauge,
+        })
+    }
+
+    fn publish(&self, metrics: &PipelineMetrics) {
+        let connected = self.mqtt.load(Ordering::Relaxed) && self.kafka.load(Ordering::Relaxed);
+        let stalled = self.stalled.load(Ordering::Relaxed);
+        self.readiness.set(connected && !stalled);
+        // A restart cures a stuck process, not a broker outage: only a stall while Kafka answers
+        // fails liveness.
+        self.liveness
+            .set(!(stalled && self.kafka.load(Ordering::Relaxed)));
+        metrics.connected.set(i64::from(connected));
+        self.stalled_gauge.set(i64::from(stalled));
     }
 }
 
@@ -112,14 +172,15 @@ impl Health {
 pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
     cli::check_topic_prefix(&args.kafka.topic_prefix)?;
     cli::check_topic_root(&args.mqtt.mqtt_topic_root)?;
-    anyhow::ensure!(args.max_in_flight > 0, "--max-in-flight must be at least 1");
+    anyhow::ensure!(args.stall_seconds > 0, "--stall-seconds must be at least 1");
     let client_id = args.client_id();
     let metrics = PipelineMetrics::new("bridge");
-    let readiness = Readiness::default();
+    let health = Arc::new(Health::new(&metrics)?);
     let (done_tx, done) = runtime::flag();
     runtime::start_admin(
         args.admin_addr,
-        readiness.clone(),
+        health.readiness.clone(),
+        health.liveness.clone(),
         metrics.registry.clone(),
         done.clone(),
     )
@@ -138,24 +199,25 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
     let (host, port) = cli::parse_mqtt_url(&args.mqtt.mqtt_url)?;
     let mut options = MqttOptions::new(client_id.clone(), host, port);
     options
-        .set_clean_session(false)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(SESSION_NEVER_EXPIRES))
+        .set_receive_maximum(Some(args.max_in_flight))
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
-    // Room for one acknowledgement per in-flight message plus control requests, so that a task
-    // acknowledging never waits on the event loop (which may be waiting for a permit).
-    let (client, eventloop) = AsyncClient::new(options, args.max_in_flight + 64);
+        .set_max_packet_size(Some(MQTT_MAX_PACKET));
+    // Room for one acknowledgement per message the broker may have in flight, plus control
+    // requests: acknowledging never waits for long, and the pump drains the channel at all times.
+    let (client, eventloop) = AsyncClient::new(options, usize::from(args.max_in_flight) + 64);
 
-    let health = Arc::new(Health::default());
     let kafka_reachable = Arc::new(AtomicBool::new(false));
     kafka::watch_reachability(
         producer.clone(),
         kafka_reachable.clone(),
         {
-            let (health, readiness, metrics) = (health.clone(), readiness.clone(), metrics.clone());
+            let (health, metrics) = (health.clone(), metrics.clone());
             move |ok| {
                 health.kafka.store(ok, Ordering::Relaxed);
-                health.publish(&readiness, &metrics);
+                health.publish(&metrics);
             }
         },
         done.clone(),
@@ -167,32 +229,36 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         catalog,
         max_payload_bytes: args.max_payload_bytes,
         abort: life.abort.clone(),
+        progress: Progress::default(),
+        finished: Notify::new(),
+        connection: AtomicU64::new(0),
     });
-    let permits = Arc::new(Semaphore::new(args.max_in_flight));
+    watch_stalls(
+        shared.clone(),
+        health.clone(),
+        Duration::from_secs(args.stall_seconds),
+        done.clone(),
+    );
+    let (to_carrier, from_pump) = mpsc::unbounded_channel();
+    let carrier = tokio::spawn(carry::carrier(shared.clone(), from_pump));
     let filters = subscriptions(&args.group, &args.mqtt.mqtt_topic_root);
-    tracing::info!(%client_id, ?filters, mqtt = %args.mqtt.mqtt_url, "bridge starting");
+    tracing::info!(%client_id, ?filters, mqtt = %args.mqtt.mqtt_url, max_in_flight = args.max_in_flight, "bridge starting");
 
     let mut eventloop = eventloop;
-    let conn = Conn {
+    let pump = Pump {
         filters: &filters,
         health: &health,
-        readiness: &readiness,
-        metrics: &metrics,
-        client: &client,
+        shared: &shared,
+        to_carrier,
+        max_in_flight: u64::from(args.max_in_flight),
     };
-    receive(&mut eventloop, &conn, &shared, &permits, &life.stop).await;
+    pump.run(&mut eventloop, &life.stop).await;
 
     tracing::info!("stopping: finishing in-flight messages");
     health.mqtt.store(false, Ordering::Relaxed);
-    health.publish(&readiness, &metrics);
-    drain(
-        &mut eventloop,
-        &client,
-        &permits,
-        args.max_in_flight,
-        &life.abort,
-    )
-    .await;
+    health.publish(&metrics);
+    drain(&mut eventloop, &shared, &life.abort).await;
+    carrier.abort();
     let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
         .await
         .context("flushing the producer")?;
@@ -204,70 +270,111 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the receive loop needs to manage the connection.
-struct Conn<'a> {
-    filters: &'a [String],
-    health: &'a Health,
-    readiness: &'a Readiness,
-    metrics: &'a PipelineMetrics,
-    client: &'a AsyncClient,
+/// Checks the stall rule every second and publishes it (readiness, liveness, metric, one log
+/// line per change).
+fn watch_stalls(shared: Arc<Shared>, health: Arc<Health>, bound: Duration, done: Flag) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = done.wait() => return,
+                _ = tick.tick() => {}
+            }
+            let stalled = shared.progress.is_stalled(bound);
+            if stalled != health.stalled.swap(stalled, Ordering::Relaxed) {
+                if stalled {
+                    tracing::error!(
+                        pending = shared.progress.pending(),
+                        seconds_without_progress = shared.progress.since_moved().as_secs(),
+                        "stalled: messages are pending and none is being finished"
+                    );
+                } else {
+                    tracing::info!("progressing again");
+                }
+            }
+            health.publish(&shared.metrics);
+        }
+    });
 }
 
-/// Polls the MQTT connection until `stop`, handing every publish to [`carry`].
-async fn receive(
-    eventloop: &mut EventLoop,
-    conn: &Conn<'_>,
-    shared: &Arc<Shared>,
-    permits: &Arc<Semaphore>,
-    stop: &Flag,
-) {
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = stop.wait() => return,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(session_present = ack.session_present, "MQTT connected");
-                let filters = conn
-                    .filters
-                    .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                if let Err(e) = conn.client.try_subscribe_many(filters) {
-                    tracing::error!(error = %e, "cannot request the subscriptions");
+/// The task that owns the MQTT connection: it polls it without ever waiting on anything else.
+struct Pump<'a> {
+    filters: &'a [String],
+    health: &'a Health,
+    shared: &'a Shared,
+    to_carrier: mpsc::UnboundedSender<Incoming>,
+    max_in_flight: u64,
+}
+
+impl Pump<'_> {
+    /// Polls the MQTT connection until `stop`, handing every publish to the carrier.
+    async fn run(&self, eventloop: &mut EventLoop, stop: &Flag) {
+        let mut over_window_logged = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = stop.wait() => return,
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let n = self.shared.connection.fetch_add(1, Ordering::AcqRel) + 1;
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        connection = n,
+                        "MQTT connected"
+                    );
+                    let filters = self
+                        .filters
+                        .iter()
+                        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = self.shared.client.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "cannot request the subscriptions");
+                    }
                 }
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
-                } else {
-                    tracing::info!("MQTT subscriptions active");
-                    conn.health.mqtt.store(true, Ordering::Relaxed);
-                    conn.health.publish(conn.readiness, conn.metrics);
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        tracing::info!("MQTT subscriptions active");
+                        self.health.mqtt.store(true, Ordering::Relaxed);
+                        self.health.publish(&self.shared.metrics);
+                    } else {
+                        tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
+                    }
                 }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // Back-pressure: no more reading until a message in flight is acknowledged.
-                let permit = tokio::select! {
-                    biased;
-                    () = stop.wait() => return,
-                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                };
-                carry::carry(shared, publish, permit).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                conn.health.mqtt.store(false, Ordering::Relaxed);
-                conn.health.publish(conn.readiness, conn.metrics);
-                tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
-                tokio::select! {
-                    () = stop.wait() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.shared.progress.received();
+                    self.shared.metrics.in_flight.inc();
+                    let pending = self.shared.progress.pending();
+                    if pending > self.max_in_flight && !over_window_logged {
+                        over_window_logged = true;
+                        tracing::warn!(
+                            pending,
+                            max = self.max_in_flight,
+                            "the broker sends beyond the Receive Maximum"
+                        );
+                    }
+                    let incoming = Incoming {
+                        publish,
+                        connection: self.shared.connection.load(Ordering::Acquire),
+                    };
+                    if self.to_carrier.send(incoming).is_err() {
+                        tracing::error!("the carrier task ended; stopping");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.health.mqtt.store(false, Ordering::Relaxed);
+                    self.health.publish(&self.shared.metrics);
+                    tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                    tokio::select! {
+                        () = stop.wait() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
         }
@@ -275,24 +382,21 @@ async fn receive(
 }
 
 /// After `stop`: keeps the connection polled so that acknowledgements go out until every
-/// in-flight message is done (or `abort`), then disconnects cleanly. Messages arriving meanwhile
-/// are not acknowledged: the broker redelivers them to the session later.
-async fn drain(
-    eventloop: &mut EventLoop,
-    client: &AsyncClient,
-    permits: &Arc<Semaphore>,
-    max_in_flight: usize,
-    abort: &Flag,
-) {
-    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-    let drained = permits.acquire_many(all);
-    tokio::pin!(drained);
+/// message handed to the carrier is finished (or `abort`), then disconnects cleanly. Messages
+/// arriving meanwhile are not acknowledged: the broker redelivers them to the session later.
+async fn drain(eventloop: &mut EventLoop, shared: &Shared, abort: &Flag) {
     loop {
+        let finished = shared.finished.notified();
+        tokio::pin!(finished);
+        finished.as_mut().enable();
+        if shared.progress.pending() == 0 {
+            break;
+        }
         tokio::select! {
             biased;
-            _ = &mut drained => break,
+            () = &mut finished => {}
             () = abort.wait() => {
-                tracing::warn!("in-flight messages abandoned; they will be redelivered");
+                tracing::warn!(pending = shared.progress.pending(), "in-flight messages abandoned; they will be redelivered");
                 break;
             }
             event = eventloop.poll() => {
@@ -303,7 +407,7 @@ async fn drain(
             }
         }
     }
-    if client.try_disconnect().is_err() {
+    if shared.client.try_disconnect().is_err() {
         return;
     }
     // After DISCONNECT, read until the broker closes the connection. Closing our end while its

@@ -92,6 +92,7 @@ pub async fn run(args: SimulatorArgs, life: Lifecycle) -> anyhow::Result<()> {
     runtime::start_admin(
         args.admin_addr,
         readiness.clone(),
+        Default::default(),
         metrics.registry.clone(),
         done.clone(),
     )
