@@ -64,3 +64,80 @@ pub fn complete(expected: &BTreeMap<String, u64>, records: &[Record]) -> bool {
         .0
         .is_empty()
 }
+
+/// Counts the copies of each (device id, seq) on Kafka topics read from the beginning, keeping
+/// only the counts (a long overload run has too many records to keep whole).
+pub struct SeqCounter {
+    seen: std::sync::Arc<std::sync::Mutex<HashMap<(String, u64), u32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SeqCounter {
+    pub fn start(bootstrap: &str, topics: &[String]) -> Self {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::Message;
+        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", iot_testkit::unique_name("itest-seq"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("sequence counter consumer");
+        let mut assignment = TopicPartitionList::new();
+        for topic in topics {
+            for partition in 0..super::PARTITIONS {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        consumer.assign(&assignment).expect("assign");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                loop {
+                    match consumer.recv().await {
+                        Ok(m) => {
+                            let Ok(v) =
+                                serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
+                            else {
+                                continue;
+                            };
+                            if let (Some(id), Some(seq)) =
+                                (v["device_id"].as_str(), v["seq"].as_u64())
+                            {
+                                *seen
+                                    .lock()
+                                    .unwrap()
+                                    .entry((id.to_string(), seq))
+                                    .or_insert(0) += 1;
+                            }
+                        }
+                        Err(e) => eprintln!("sequence counter: {e}"),
+                    }
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// Distinct (device id, seq) pairs seen so far.
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// (missing, duplicates) of `expected`.
+    pub fn missing_and_duplicates(
+        &self,
+        expected: &BTreeMap<String, u64>,
+    ) -> (Vec<(String, u64)>, u64) {
+        missing_and_duplicates(expected, &self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for SeqCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -126,12 +126,18 @@ impl Installation {
     /// A bridge with MQTT client id `{prefix}-{name}`: the same name gives the same persistent
     /// session within a test, and never one left over by an earlier run.
     pub fn bridge(&self, name: &str) -> Worker {
+        self.bridge_with(name, &[])
+    }
+
+    /// A bridge as [`Self::bridge`] with extra environment.
+    pub fn bridge_with(&self, name: &str, env: &[(&'static str, &str)]) -> Worker {
         Worker::start(
             "bridge",
             &["bridge"],
             self.worker_env()
                 .into_iter()
                 .chain([("IOT_BRIDGE_CLIENT_ID", format!("{}-{name}", self.prefix))])
+                .chain(env.iter().map(|(k, v)| (*k, v.to_string())))
                 .collect(),
             &self.dir,
         )
@@ -308,6 +314,18 @@ impl Worker {
         body.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Sum of every sample of metric `name` over all its label values.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("metrics endpoint answers");
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn is_running(&mut self) -> bool {
