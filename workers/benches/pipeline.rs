@@ -1,16 +1,24 @@
 //! Pipeline benchmark (a command, not a test): `cargo bench -p iot-workers --bench pipeline`
 //! with the test environment up (`deploy/testenv/up.sh`, `source deploy/testenv/.run/env`).
 //!
-//! For each target rate, the release `iot-worker` binaries run as processes: the load simulator
-//! publishes numbered telemetry for `IOT_BENCH_SECONDS`, bridge and enrichment carry it, and a
-//! consumer of `{prefix}.enriched` counts distinct sequence numbers and measures the latency from
-//! the device timestamp to its arrival. The same load is also measured against a plain MQTT
-//! subscriber that only counts (the broker's pass-through limit on this machine), and as a plain
-//! Kafka consume-produce loop without enrichment (the Kafka side's limit). Memory is the
-//! RSS of the bridge and the enrichment, idle and at their peak.
+//! It finds the ceiling by itself. The release `iot-worker` binaries run as processes: the load
+//! simulator publishes numbered telemetry for `IOT_BENCH_SECONDS`, bridge and enrichment carry it,
+//! and a consumer of `{prefix}.enriched` counts distinct sequence numbers and measures the latency
+//! from the device timestamp to its arrival. In the same run it measures
+//! - the MQTT pass-through: the simulator as fast as it can go into a subscriber that only counts
+//!   (what the publisher and Mosquitto manage on this machine);
+//! - the Kafka pass-through: a plain consume-produce loop without enrichment;
+//! - the pipeline at rising offered rates (x1.5 from `IOT_BENCH_START_RATE`) until it falls
+//!   behind (loses, or ends more than 2 s behind the publisher, or the publisher cannot reach the
+//!   rate), then two bisection steps: the highest rate it keeps up with is the ceiling;
+//! - the pipeline at half the ceiling (latency), and at 3 x the ceiling (overload: it must drain
+//!   with nothing missing).
 //!
-//! `IOT_BENCH_RATES` (default `1000,2000,4000`), `IOT_BENCH_SECONDS` (default 10),
-//! `IOT_BENCH_DEVICES` (default 20).
+//! For each run: CPU seconds and RSS (idle, peak) of bridge and enrichment, messages per
+//! CPU-second, latency p50/p99.
+//!
+//! `IOT_BENCH_SECONDS` (default 15), `IOT_BENCH_DEVICES` (default 50), `IOT_BENCH_START_RATE`
+//! (default 2000); `IOT_BENCH_RATES=a,b,...` runs only those rates (no sweep).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -72,6 +80,22 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100 per second).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// (current, peak) resident set size of a process, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -109,7 +133,6 @@ fn count_enriched(bootstrap: &str, topic: &str) -> Arc<Mutex<Seen>> {
 }
 
 fn load_args(rate: f64, seconds: u64, devices: usize) -> Vec<String> {
-    let per_device = (rate * seconds as f64 / devices as f64).round() as u64;
     [
         "--load",
         "--load-device-type",
@@ -118,8 +141,8 @@ fn load_args(rate: f64, seconds: u64, devices: usize) -> Vec<String> {
         &devices.to_string(),
         "--load-rate",
         &rate.to_string(),
-        "--load-messages-per-device",
-        &per_device.to_string(),
+        "--duration-seconds",
+        &seconds.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -141,45 +164,114 @@ async fn settle(seen: &Mutex<Seen>, expected: u64) {
     }
 }
 
-async fn pipeline(rate: f64, seconds: u64, devices: usize) {
+/// One pipeline run at an offered rate.
+#[derive(Clone, Debug)]
+struct Run {
+    target: f64,
+    published: u64,
+    publish_rate: f64,
+    distinct: u64,
+    duplicates: u64,
+    /// Distinct messages per second from the first publish to the last arrival.
+    end_to_end: f64,
+    /// Seconds from the end of publishing to the last arrival.
+    behind: f64,
+    p50: f64,
+    p99: f64,
+    bridge_cpu: f64,
+    enrichment_cpu: f64,
+    rss_idle: (f64, f64),
+    rss_peak: (f64, f64),
+}
+
+impl Run {
+    fn missing(&self) -> u64 {
+        self.published.saturating_sub(self.distinct)
+    }
+
+    /// Kept up: nothing lost, the publisher reached the rate, and the last message arrived at
+    /// most 2 s after the last publish.
+    fn keeps_up(&self) -> bool {
+        self.missing() == 0 && self.publish_rate >= 0.9 * self.target && self.behind <= 2.0
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "pipeline {label:<9} offered {:>7.0}/s  published {:>7} at {:>7.0}/s  enriched {:>7} ({} missing, {} duplicates)  end-to-end {:>7.0}/s  behind {:>5.1} s  latency p50 {:>6.1} ms p99 {:>7.1} ms  CPU bridge {:>5.1} s ({:>6.0} msg/CPU-s) enrichment {:>5.1} s ({:>6.0} msg/CPU-s)  RSS bridge {:.1}->{:.1} MiB enrichment {:.1}->{:.1} MiB  {}",
+            self.target,
+            self.published,
+            self.publish_rate,
+            self.distinct,
+            self.missing(),
+            self.duplicates,
+            self.end_to_end,
+            self.behind,
+            self.p50,
+            self.p99,
+            self.bridge_cpu,
+            self.distinct as f64 / self.bridge_cpu,
+            self.enrichment_cpu,
+            self.distinct as f64 / self.enrichment_cpu,
+            self.rss_idle.0,
+            self.rss_peak.0,
+            self.rss_idle.1,
+            self.rss_peak.1,
+            if self.keeps_up() {
+                "keeps up"
+            } else {
+                "FALLS BEHIND"
+            },
+        );
+    }
+}
+
+async fn pipeline(rate: f64, seconds: u64, devices: usize) -> Run {
     let inst = Installation::new("bench").await;
     let mut bridge = inst.bridge("bench-bridge-0");
     let mut enrichment = inst.enrichment("all");
     bridge.wait_ready(Duration::from_secs(60)).await;
     enrichment.wait_ready(Duration::from_secs(60)).await;
-    let idle = (rss_mib(bridge.pid()).0, rss_mib(enrichment.pid()).0);
+    let rss_idle = (rss_mib(bridge.pid()).0, rss_mib(enrichment.pid()).0);
+    let cpu_before = (cpu_seconds(bridge.pid()), cpu_seconds(enrichment.pid()));
     let seen = count_enriched(&inst.bootstrap, &inst.all_enriched_topic());
     let args = load_args(rate, seconds, devices);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let start = Instant::now();
     let mut sim = inst.simulator("load", &args);
     sim.wait_exit(Duration::from_secs(seconds * 4 + 120)).await;
+    let published_at = Instant::now();
     let summary = common::loss::summary(&sim.stdout_text());
     let published = summary["published"].as_u64().unwrap();
+    let publish_seconds = summary["elapsed_seconds"].as_f64().unwrap_or(f64::NAN);
     settle(&seen, published).await;
-    let peak = (rss_mib(bridge.pid()).1, rss_mib(enrichment.pid()).1);
+    let rss_peak = (rss_mib(bridge.pid()).1, rss_mib(enrichment.pid()).1);
     let s = seen.lock().unwrap();
-    let elapsed = s
-        .last_arrival
-        .map_or(f64::NAN, |t| (t - start).as_secs_f64());
-    println!(
-        "pipeline  target {rate:>6.0}/s  published {published:>6} at {:>7.0}/s  enriched {:>6} distinct ({} missing, {} duplicates)  end-to-end {:>7.0}/s  latency p50 {:>7.1} ms p99 {:>7.1} ms  RSS bridge {:.1}->{:.1} MiB, enrichment {:.1}->{:.1} MiB",
-        summary["rate"].as_f64().unwrap_or(f64::NAN),
-        s.distinct.len(),
-        published.saturating_sub(s.distinct.len() as u64),
-        s.records.saturating_sub(s.distinct.len() as u64),
-        s.distinct.len() as f64 / elapsed,
-        s.percentile(0.5),
-        s.percentile(0.99),
-        idle.0,
-        peak.0,
-        idle.1,
-        peak.1,
-    );
+    let last = s.last_arrival.unwrap_or(published_at);
+    let behind = if last > published_at {
+        (last - published_at).as_secs_f64()
+    } else {
+        0.0
+    };
+    let distinct = s.distinct.len() as u64;
+    Run {
+        target: rate,
+        published,
+        publish_rate: summary["rate"].as_f64().unwrap_or(f64::NAN),
+        distinct,
+        duplicates: s.records.saturating_sub(distinct),
+        end_to_end: distinct as f64 / (publish_seconds + behind),
+        behind,
+        p50: s.percentile(0.5),
+        p99: s.percentile(0.99),
+        bridge_cpu: cpu_seconds(bridge.pid()) - cpu_before.0,
+        enrichment_cpu: cpu_seconds(enrichment.pid()) - cpu_before.1,
+        rss_idle,
+        rss_peak,
+    }
 }
 
-/// The same load into a subscriber that only counts: what Mosquitto and the simulator manage.
-async fn mqtt_pass_through(rate: f64, seconds: u64, devices: usize) {
+/// The simulator as fast as it goes into a subscriber that only counts: what the publisher and
+/// Mosquitto manage on this machine. Returns the rate received.
+async fn mqtt_pass_through(seconds: u64, devices: usize) -> f64 {
     let inst = Installation::new("bench-mqtt").await;
     let (client, mut eventloop) =
         AsyncClient::new(mqtt_options(&inst.mqtt_url, &unique_name("bench-sub")), 100);
@@ -201,40 +293,42 @@ async fn mqtt_pass_through(rate: f64, seconds: u64, devices: usize) {
             }
         }
     });
-    let args = load_args(rate, seconds, devices);
+    let args = load_args(1_000_000.0, seconds, devices);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let start = Instant::now();
     let mut sim = inst.simulator("load", &args);
     sim.wait_exit(Duration::from_secs(seconds * 4 + 120)).await;
     let summary = common::loss::summary(&sim.stdout_text());
     let published = summary["published"].as_u64().unwrap();
+    let publish_seconds = summary["elapsed_seconds"].as_f64().unwrap_or(f64::NAN);
+    let published_at = Instant::now();
     settle(&seen, published).await;
     counter.abort();
     let s = seen.lock().unwrap();
-    let elapsed = s
+    let behind = s
         .last_arrival
-        .map_or(f64::NAN, |t| (t - start).as_secs_f64());
+        .filter(|t| *t > published_at)
+        .map_or(0.0, |t| (t - published_at).as_secs_f64());
+    let rate = s.distinct.len() as f64 / (publish_seconds + behind);
     println!(
-        "mqtt-only target {rate:>6.0}/s  published {published:>6} at {:>7.0}/s  received {:>6} distinct ({} missing)  end-to-end {:>7.0}/s  latency p50 {:>7.1} ms p99 {:>7.1} ms",
+        "mqtt-only  published {published:>7} at {:>7.0}/s  received {:>7} distinct ({} missing)  {rate:>7.0}/s  latency p50 {:>6.1} ms p99 {:>7.1} ms",
         summary["rate"].as_f64().unwrap_or(f64::NAN),
         s.distinct.len(),
         published.saturating_sub(s.distinct.len() as u64),
-        s.distinct.len() as f64 / elapsed,
         s.percentile(0.5),
         s.percentile(0.99),
     );
+    rate
 }
 
-/// The broker's consume-produce limit without enrichment: the same number of messages, already in
-/// a raw topic, read and written to another topic (acks=all, idempotent, 1000 in flight) by a plain
+/// The broker's consume-produce limit without enrichment: `total` messages, already in a raw
+/// topic, read and written to another topic (acks=all, idempotent, 1000 in flight) by a plain
 /// loop. What the enrichment could reach at best on this machine and broker.
-async fn kafka_pass_through(rate: f64, seconds: u64) {
+async fn kafka_pass_through(total: usize) -> f64 {
     use futures::StreamExt;
     use futures::stream::FuturesUnordered;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let inst = Installation::new("bench-kafka").await;
-    let total = (rate * seconds as f64) as usize;
     let raw = inst.raw_topic("smart_breaker");
     let out = inst.enriched_topic("smart_breaker");
     let producer = |idempotent: &str| -> FutureProducer {
@@ -301,31 +395,81 @@ async fn kafka_pass_through(rate: f64, seconds: u64) {
         r.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let rate = total as f64 / elapsed;
     println!(
-        "kafka-only {total:>6} messages of {} bytes consumed and produced (acks=all) in {elapsed:.2} s: {:>7.0}/s",
+        "kafka-only {total:>7} messages of {} bytes consumed and produced (acks=all) in {elapsed:.2} s: {rate:>7.0}/s",
         payload.len(),
-        total as f64 / elapsed
     );
+    rate
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing else to parse.
-    let rates: Vec<f64> = std::env::var("IOT_BENCH_RATES")
-        .unwrap_or_else(|_| "1000,2000,4000".into())
-        .split(',')
-        .filter_map(|r| r.trim().parse().ok())
-        .collect();
-    let seconds: u64 = env_or("IOT_BENCH_SECONDS", 10);
-    let devices: usize = env_or("IOT_BENCH_DEVICES", 20);
+    let fixed: Option<Vec<f64>> = std::env::var("IOT_BENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
+    let seconds: u64 = env_or("IOT_BENCH_SECONDS", 15);
+    let devices: usize = env_or("IOT_BENCH_DEVICES", 50);
+    let start_rate: f64 = env_or("IOT_BENCH_START_RATE", 2000.0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        for rate in rates {
-            mqtt_pass_through(rate, seconds, devices).await;
-            kafka_pass_through(rate, seconds).await;
-            pipeline(rate, seconds, devices).await;
+        let mqtt = mqtt_pass_through(seconds, devices).await;
+        let kafka = kafka_pass_through((mqtt * seconds as f64) as usize).await;
+        if let Some(rates) = fixed {
+            for rate in rates {
+                pipeline(rate, seconds, devices).await.print("fixed");
+            }
+            return;
         }
+        // Sweep up until it falls behind, then bisect twice.
+        let mut good: Option<Run> = None;
+        let mut rate = start_rate;
+        let mut bad = loop {
+            let run = pipeline(rate, seconds, devices).await;
+            run.print("sweep");
+            if !run.keeps_up() {
+                break Some(run);
+            }
+            good = Some(run);
+            rate *= 1.5;
+        };
+        for _ in 0..2 {
+            let (Some(g), Some(b)) = (&good, &bad) else { break };
+            let run = pipeline(f64::midpoint(g.target, b.target), seconds, devices).await;
+            run.print("bisect");
+            if run.keeps_up() {
+                good = Some(run);
+            } else {
+                bad = Some(run);
+            }
+        }
+        let Some(ceiling) = good else {
+            println!("the pipeline fell behind at the start rate {start_rate}/s; lower IOT_BENCH_START_RATE");
+            return;
+        };
+        let half = pipeline(ceiling.target / 2.0, seconds, devices).await;
+        half.print("half");
+        let overload = pipeline(ceiling.target * 3.0, seconds, devices).await;
+        overload.print("overload");
+        println!();
+        println!("ceiling: keeps up with {:.0} msg/s offered ({:.0}/s end to end); falls behind at {:.0}/s", ceiling.target, ceiling.end_to_end, bad.map_or(f64::NAN, |b| b.target));
+        println!("MQTT pass-through {mqtt:.0}/s, Kafka pass-through {kafka:.0}/s; ceiling / MQTT pass-through = {:.2}", ceiling.end_to_end / mqtt);
+        println!(
+            "at the ceiling: bridge {:.0} msg/CPU-s, enrichment {:.0} msg/CPU-s; RSS idle bridge {:.1} MiB enrichment {:.1} MiB, peak {:.1} / {:.1} MiB",
+            ceiling.distinct as f64 / ceiling.bridge_cpu,
+            ceiling.distinct as f64 / ceiling.enrichment_cpu,
+            ceiling.rss_idle.0,
+            ceiling.rss_idle.1,
+            ceiling.rss_peak.0,
+            ceiling.rss_peak.1
+        );
+        println!("at half the ceiling ({:.0}/s): latency p50 {:.1} ms, p99 {:.1} ms", half.target, half.p50, half.p99);
+        println!(
+            "overload at {:.0}/s offered: {} published, {} missing, {} duplicates, drained {:.1} s after the publisher stopped; peak RSS bridge {:.1} MiB enrichment {:.1} MiB",
+            overload.target, overload.published, overload.missing(), overload.duplicates, overload.behind, overload.rss_peak.0, overload.rss_peak.1
+        );
     });
 }
