@@ -66,11 +66,7 @@ ensure_tools() {
       -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$KAFKA_HOME.tmp/libs"
     rm -rf "$KAFKA_HOME" && mv "$KAFKA_HOME.tmp" "$KAFKA_HOME"
   fi
-  if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
-    log "installing mosquitto from Debian"
-    (apt-get install -y mosquitto mosquitto-clients >/dev/null 2>&1) ||
-      { apt-get update >/dev/null && apt-get install -y mosquitto mosquitto-clients >/dev/null; }
-  fi
+  "$TESTENV_DIR/install-mosquitto.sh"
   local t
   for t in "$K8S_BIN"/* "$ETCD_BIN/etcd" "$KWOK_BIN/kwok" "$HELM_BIN/helm" "$PROMTOOL_BIN/promtool"; do
     ln -sf "$t" "$TOOLS_BIN/"

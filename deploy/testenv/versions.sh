@@ -8,5 +8,7 @@ HELM_VERSION=v3.21.4
 PROMETHEUS_MODULE_VERSION=v0.316.0 # Prometheus v3.16.0
 KAFKA_VERSION=4.1.1
 KAFKA_SCALA=2.13
+# Oldest Mosquitto that honours an MQTT 5 client's Receive Maximum (install-mosquitto.sh).
+MOSQUITTO_MIN_VERSION=2.0.13
 
 IOT_CACHE=${IOT_CACHE:-$HOME/.cache/iot-cloud}

@@ -12,14 +12,19 @@ use common::{Installation, Worker};
 
 const READY: Duration = Duration::from_secs(60);
 
+/// Headroom over a bridge's window: one network read of rumqttc decodes up to 10 packets.
+const READ_BATCH: f64 = 10.0;
+
 /// Samples `metric` on `worker` once a second until `done` or `timeout`; fails when it does not
-/// grow for `stall` while work is outstanding, or when the worker stops being live or reports a
-/// stall. Returns the samples (seconds since start, value).
+/// grow for `stall` while work is outstanding, when the worker stops being live or reports a
+/// stall, or when its in-flight gauge exceeds `max_in_flight`. Returns the samples (seconds
+/// since start, value).
 async fn watch_progress(
     worker: &mut Worker,
     metric: &str,
     stall: Duration,
     timeout: Duration,
+    max_in_flight: f64,
     mut done: impl FnMut() -> bool,
 ) -> Vec<(f64, f64)> {
     let start = Instant::now();
@@ -60,6 +65,13 @@ async fn watch_progress(
             "{} reports a stall",
             worker.name
         );
+        let in_flight = worker.metric_sum("iot_bridge_in_flight_messages")
+            + worker.metric_sum("iot_enrichment_in_flight_messages");
+        assert!(
+            in_flight <= max_in_flight,
+            "{} holds {in_flight} messages in flight, more than {max_in_flight}",
+            worker.name
+        );
         assert!(
             start.elapsed() < timeout,
             "not done within {timeout:?}; {metric} samples {samples:?}"
@@ -71,7 +83,8 @@ async fn watch_progress(
 /// Regression test of the bridge's circular wait (acknowledgements waiting for the poll loop while
 /// the poll loop waited for capacity only acknowledgements free): a window of 8 messages against
 /// a burst of 12,000 that arrives much faster than 8 at a time can be carried. The bridge must
-/// carry all of them, growing every few seconds, and never report a stall.
+/// carry all of them, growing every few seconds, never report a stall, and never hold much more
+/// than its window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_with_a_tiny_window_carries_a_burst_without_stalling() {
     let inst = Installation::new("stall").await;
@@ -104,6 +117,7 @@ async fn a_bridge_with_a_tiny_window_carries_a_burst_without_stalling() {
         "iot_bridge_messages_produced_total",
         Duration::from_secs(10),
         Duration::from_secs(240),
+        8.0 + READ_BATCH,
         || counter.distinct() >= total,
     )
     .await;
@@ -154,6 +168,7 @@ async fn overload_is_carried_at_full_pace_then_drained_with_nothing_missing() {
         "iot_bridge_messages_produced_total",
         Duration::from_secs(5),
         Duration::from_secs(120),
+        1000.0 + READ_BATCH,
         || !simulator.is_running(),
     )
     .await;
@@ -181,6 +196,7 @@ async fn overload_is_carried_at_full_pace_then_drained_with_nothing_missing() {
         "iot_enrichment_messages_produced_total",
         Duration::from_secs(10),
         Duration::from_secs(600),
+        1000.0,
         || counter.distinct() >= total,
     )
     .await;

@@ -112,15 +112,17 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
         match outcome {
             Ok(carried) => {
                 account(&shared.metrics, &carried);
+                // Capacity first, then the PUBACK: queueing it may wait for the pump, and the
+                // pump may be waiting for capacity. The drain waits for the PUBACK too.
+                shared.finish(true);
                 acknowledge(&shared, &publish).await;
+                shared.acked();
             }
             Err(e) => {
                 tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
+                shared.finish(false);
             }
         }
-        // Finished only after the acknowledgement is queued: the drain disconnects once nothing
-        // is pending, and the disconnect must come after every acknowledgement.
-        shared.finish();
     });
 }
 

@@ -6,12 +6,18 @@
 //! only after Kafka acknowledged its record (acks=all, idempotent producer): on its raw topic, or on
 //! the dead-letter topic when it cannot be carried.
 //!
-//! Flow control is the protocol's: the bridge connects with Receive Maximum = `max_in_flight`, so
-//! the broker never has more than that many messages unacknowledged with it and queues the rest in
-//! the session. The connection is therefore polled at all times: the pump task only reads events
-//! and hands messages to the carrier, never waiting for capacity, for Kafka or for an
-//! acknowledgement, so PUBACKs and keep-alives always flow. (Waiting for capacity inside the poll
-//! loop while acknowledgements wait for the poll loop is a circular wait.)
+//! Flow control: the bridge connects with Receive Maximum = `max_in_flight`, so a conforming
+//! broker never has more than that many messages unacknowledged with it and queues the rest in
+//! the session. Not every broker honours it (Mosquitto before 2.0.13 was measured sending
+//! thousands beyond a Receive Maximum of 8), so the bridge paces its own reads too: while
+//! `max_in_flight` messages are pending it polls the connection only when a message finishes or
+//! every 250 ms, which keeps PUBACKs flowing while reading little; while a PINGREQ waits for its
+//! answer it reads on, so that the answer, queued behind whatever the broker sent, arrives within
+//! the keep-alive. Capacity is freed when
+//! Kafka's outcome is known, before the PUBACK is queued, and the PUBACK never waits for
+//! capacity: nothing the poller waits for depends on the poller. (The circular wait this replaces:
+//! the poll loop waited for capacity that only queued acknowledgements freed, and acknowledgements
+//! could only be queued by the poll loop.)
 
 mod carry;
 pub mod progress;
@@ -111,7 +117,9 @@ struct Shared {
     max_payload_bytes: usize,
     abort: Flag,
     progress: Progress,
-    /// Woken whenever a message is finished (the drain waits on it).
+    /// Finished messages whose PUBACK is not queued yet (the drain waits for 0).
+    acks_owed: AtomicU64,
+    /// Woken whenever a message is finished or its PUBACK queued (pump and drain wait on it).
     finished: Notify,
     /// Number of the current MQTT connection: a message received on an earlier connection is
     /// not acknowledged (the broker redelivers it on the new one, and its packet id may have been
@@ -120,10 +128,26 @@ struct Shared {
 }
 
 impl Shared {
-    fn finish(&self) {
+    /// Kafka's outcome for a message is known: its capacity is free. `ack` says whether a PUBACK
+    /// follows (see [`Shared::acked`]).
+    fn finish(&self, ack: bool) {
+        if ack {
+            self.acks_owed.fetch_add(1, Ordering::AcqRel);
+        }
         self.metrics.in_flight.dec();
         self.progress.finished();
         self.finished.notify_waiters();
+    }
+
+    /// The PUBACK of a finished message is queued (or given up).
+    fn acked(&self) {
+        self.acks_owed.fetch_sub(1, Ordering::AcqRel);
+        self.finished.notify_waiters();
+    }
+
+    /// Nothing pending and every PUBACK queued.
+    fn settled(&self) -> bool {
+        self.progress.pending() == 0 && self.acks_owed.load(Ordering::Acquire) == 0
     }
 }
 
@@ -205,8 +229,9 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(Some(MQTT_MAX_PACKET));
-    // Room for one acknowledgement per message the broker may have in flight, plus control
-    // requests: acknowledging never waits for long, and the pump drains the channel at all times.
+    // Room for the acknowledgements of a full window, plus control requests. A full channel only
+    // delays an acknowledgement: its message's capacity is already free, and the pump drains the
+    // channel whenever it polls.
     let (client, eventloop) = AsyncClient::new(options, usize::from(args.max_in_flight) + 64);
 
     let kafka_reachable = Arc::new(AtomicBool::new(false));
@@ -230,6 +255,7 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         max_payload_bytes: args.max_payload_bytes,
         abort: life.abort.clone(),
         progress: Progress::default(),
+        acks_owed: AtomicU64::new(0),
         finished: Notify::new(),
         connection: AtomicU64::new(0),
     });
@@ -311,6 +337,23 @@ impl Pump<'_> {
     async fn run(&self, eventloop: &mut EventLoop, stop: &Flag) {
         let mut over_window_logged = false;
         loop {
+            if self.shared.progress.pending() >= self.max_in_flight
+                && !eventloop.state.await_pingresp
+            {
+                // A full window: read no more until a message finishes, but poll at least every
+                // 250 ms so that acknowledgements and keep-alives still go out.
+                let finished = self.shared.finished.notified();
+                tokio::pin!(finished);
+                finished.as_mut().enable();
+                if self.shared.progress.pending() >= self.max_in_flight {
+                    tokio::select! {
+                        biased;
+                        () = stop.wait() => return,
+                        () = finished => {}
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+            }
             let event = tokio::select! {
                 biased;
                 () = stop.wait() => return,
@@ -324,13 +367,19 @@ impl Pump<'_> {
                         connection = n,
                         "MQTT connected"
                     );
-                    let filters = self
+                    // Queued from a task: the request channel may be full of acknowledgements,
+                    // which only this loop drains.
+                    let filters: Vec<Filter> = self
                         .filters
                         .iter()
-                        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
-                    if let Err(e) = self.shared.client.try_subscribe_many(filters) {
-                        tracing::error!(error = %e, "cannot request the subscriptions");
-                    }
+                        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce))
+                        .collect();
+                    let client = self.shared.client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.subscribe_many(filters).await {
+                            tracing::error!(error = %e, "cannot request the subscriptions");
+                        }
+                    });
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     if ack
@@ -351,10 +400,10 @@ impl Pump<'_> {
                     let pending = self.shared.progress.pending();
                     if pending > self.max_in_flight && !over_window_logged {
                         over_window_logged = true;
-                        tracing::warn!(
+                        tracing::info!(
                             pending,
                             max = self.max_in_flight,
-                            "the broker sends beyond the Receive Maximum"
+                            "the broker sends beyond the Receive Maximum; the bridge paces its reads instead"
                         );
                     }
                     let incoming = Incoming {
@@ -389,7 +438,7 @@ async fn drain(eventloop: &mut EventLoop, shared: &Shared, abort: &Flag) {
         let finished = shared.finished.notified();
         tokio::pin!(finished);
         finished.as_mut().enable();
-        if shared.progress.pending() == 0 {
+        if shared.settled() {
             break;
         }
         tokio::select! {
