@@ -131,9 +131,10 @@ p.ts("Produce retries /s", "Kafka produces that failed and were tried again.", [
     (rate("iot_bridge_produce_retries_total"), "bridge"),
     (rate("iot_enrichment_produce_retries_total"), "enrichment"),
 ], "reqps", w=8)
-p.ts("Connected to brokers", "1 when a worker pod is connected to its brokers (its readiness).", [
+p.ts("Connected to brokers / stalled", "Connected: 1 when a worker pod is connected to its brokers. Stalled: 1 while a bridge holds messages and finishes none (IOT_BRIDGE_STALL_SECONDS).", [
     (f'min by (pod) (iot_bridge_connected{{{NS}}})', "bridge {{pod}}"),
     (f'min by (pod) (iot_enrichment_connected{{{NS}}})', "enrichment {{pod}}"),
+    (f'max by (pod) (iot_bridge_stalled{{{NS}}})', "stalled {{pod}}"),
 ], "short", w=8)
 p.ts("Registry reloads", "Reloads of the registry file (ConfigMap iot-registry) by result.", [
     (f'sum by (result) (increase(iot_bridge_registry_reloads_total{{{NS}}}[$__rate_interval]))', "bridge {{result}}"),
