@@ -28,6 +28,12 @@ enum Role {
     Dashboard(DashboardArgs),
 }
 
+// Every message allocates a few short-lived buffers on one thread and frees them on another (the
+// MQTT and Kafka clients' threads, tokio's workers): mimalloc's per-thread free lists make that
+// cheaper than glibc's arenas (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     iot_operator::telemetry::init_logging();

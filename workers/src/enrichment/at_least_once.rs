@@ -16,8 +16,8 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    Setup, account, consumer_config, follow_registry, partition_list, prepare, raw_topics,
-    subscribe,
+    Setup, account, consumer_config, dead_letter_topic_missing, follow_registry, partition_list,
+    prepare, raw_topics, subscribe,
 };
 use crate::catalog::Catalog;
 use crate::clock;
@@ -143,7 +143,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
                         p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                     };
                     let catalog = setup.catalog.borrow().clone();
-                    process(&shared, message, &catalog, permit).await;
+                    process(&shared, message, catalog, permit).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consume error");
@@ -192,7 +192,7 @@ fn commit(consumer: &GroupConsumer, tracker: &Mutex<OffsetTracker>, mode: Commit
 async fn process(
     shared: &Arc<Shared>,
     message: OwnedMessage,
-    catalog: &Catalog,
+    catalog: Arc<Catalog>,
     permit: OwnedSemaphorePermit,
 ) {
     let (topic, partition, offset) = (
@@ -205,7 +205,7 @@ async fn process(
         .lock()
         .expect("tracker lock")
         .start(&topic, partition, offset);
-    let prepared = prepare(&message, catalog, &shared.prefix, clock::now());
+    let prepared = prepare(&message, &catalog, &shared.prefix, clock::now());
     shared
         .metrics
         .received
@@ -231,7 +231,7 @@ async fn process(
                 true
             }
             Some(_) if missing && prepared.result.is_ok() => {
-                let fallback = &prepared.if_topic_missing;
+                let fallback = &dead_letter_topic_missing(&message, &catalog);
                 let first = kafka::enqueue(&shared.producer, fallback).await;
                 let dl = kafka::deliver(
                     &shared.producer,

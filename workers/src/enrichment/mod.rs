@@ -188,6 +188,12 @@ pub fn consumer_config(setup: &Setup) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("topic.metadata.refresh.interval.ms", "10000")
+        // Prefetch bounded to about half a second of work (librdkafka's default is 64 MiB plus
+        // 50 MiB fetches): the enrichment is CPU-bound, a deeper queue only costs memory under
+        // overload.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "2000")
+        .set("fetch.max.bytes", "8388608")
         .set(
             "session.timeout.ms",
             setup.args.session_timeout_ms.to_string(),
@@ -251,8 +257,49 @@ pub struct Prepared {
     pub result: Result<Enriched, Reason>,
     /// Header `kind` of the raw record.
     pub kind: String,
-    /// The dead letter to write instead if an output topic turns out not to exist.
-    pub if_topic_missing: OutRecord,
+}
+
+/// The headers of a raw record that its enriched copies and dead letters carry on.
+fn carried_headers(message: &OwnedMessage) -> Vec<(&'static str, String)> {
+    let hdrs = message.headers();
+    [headers::MQTT_TOPIC, headers::KIND, headers::RECEIVED_AT]
+        .into_iter()
+        .filter_map(|k| kafka::header(hdrs, k).map(|v| (k, v.to_string())))
+        .collect()
+}
+
+/// The dead letter of a consumed record: its payload, source `topic/partition@offset` and key.
+pub fn dead_letter(message: &OwnedMessage, catalog: &Catalog, rejection: &Rejection) -> OutRecord {
+    let source = format!(
+        "{}/{}@{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let fallback_key = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or(&source)
+        .to_string();
+    let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    kafka::deadletter_record(
+        &catalog.deadletter_topic,
+        "enrichment",
+        source,
+        &fallback_key,
+        &payload,
+        rejection,
+        carried_headers(message),
+    )
+}
+
+/// The dead letter that replaces a record's enriched copies when an output topic does not exist.
+pub fn dead_letter_topic_missing(message: &OwnedMessage, catalog: &Catalog) -> OutRecord {
+    dead_letter(
+        message,
+        catalog,
+        &Rejection::new(Reason::TopicMissing, "an output topic does not exist"),
+    )
 }
 
 /// Enriches one consumed record (no I/O).
@@ -262,47 +309,25 @@ pub fn prepare(
     prefix: &str,
     now: Timestamp,
 ) -> Prepared {
-    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
     let hdrs = message.headers();
     let kind = kafka::header(hdrs, headers::KIND)
         .unwrap_or("unknown")
         .to_string();
-    let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    let payload = message.payload().unwrap_or_default();
     let info = RecordInfo {
-        topic_device_type: device_type_of_raw_topic(prefix, topic),
+        topic_device_type: device_type_of_raw_topic(prefix, message.topic()),
         bridge_received_at: kafka::header(hdrs, headers::RECEIVED_AT),
     };
-    let carried: Vec<(&'static str, String)> =
-        [headers::MQTT_TOPIC, headers::KIND, headers::RECEIVED_AT]
-            .into_iter()
-            .filter_map(|k| kafka::header(hdrs, k).map(|v| (k, v.to_string())))
-            .collect();
-    let source = format!("{topic}/{partition}@{offset}");
-    let fallback_key = message
-        .key()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .unwrap_or(&source)
-        .to_string();
-    let dead = |rejection: &Rejection| {
-        kafka::deadletter_record(
-            &catalog.deadletter_topic,
-            "enrichment",
-            source.clone(),
-            &fallback_key,
-            &payload,
-            rejection,
-            carried.clone(),
-        )
-    };
-    let (records, result) = match enrich::enrich(&payload, info, catalog, now) {
-        Outcome::Enriched(e) => {
+    let (records, result) = match enrich::enrich(payload, info, catalog, now) {
+        Outcome::Enriched(mut e) => {
             let context = catalog
                 .get(&e.device_type)
                 .expect("enrich only succeeds for registered types");
-            let mut hs = carried.clone();
+            let mut hs = carried_headers(message);
             hs.push((headers::DEVICE_TYPE, e.device_type.clone()));
             hs.push((headers::ENRICHED_AT, clock::rfc3339(now)));
-            let body = Bytes::from(e.payload.clone());
+            // The copies share one buffer; the accounting needs only the other fields.
+            let body = Bytes::from(std::mem::take(&mut e.payload));
             let records = [&context.topics.enriched, &catalog.all_enriched_topic]
                 .into_iter()
                 .map(|t| OutRecord {
@@ -314,17 +339,15 @@ pub fn prepare(
                 .collect();
             (records, Ok(e))
         }
-        Outcome::DeadLetter(rejection) => (vec![dead(&rejection)], Err(rejection.reason)),
+        Outcome::DeadLetter(rejection) => (
+            vec![dead_letter(message, catalog, &rejection)],
+            Err(rejection.reason),
+        ),
     };
-    let if_topic_missing = dead(&Rejection::new(
-        Reason::TopicMissing,
-        "an output topic does not exist",
-    ));
     Prepared {
         records,
         result,
         kind,
-        if_topic_missing,
     }
 }
 
@@ -435,7 +458,10 @@ mod tests {
         assert_eq!(hs["mqtt_topic"], "iot/m-1/raw");
         assert_eq!(hs["device_type"], "smart_meter");
         assert_eq!(hs["enriched_at"], "2025-08-20T18:00:55.000000Z");
-        assert_eq!(p.if_topic_missing.topic, "iot.deadletter");
+        assert_eq!(
+            dead_letter_topic_missing(&m, &catalog).topic,
+            "iot.deadletter"
+        );
     }
 
     #[test]
