@@ -318,14 +318,7 @@ impl Worker {
 
     /// Sum of every sample of metric `name` over all its label values.
     pub fn metric_sum(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").expect("metrics endpoint answers");
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
+        metric_sum_at(self.admin_port, name).expect("metrics endpoint answers")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -389,6 +382,21 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sum of every sample of metric `name` on the `/metrics` of the admin endpoint at `port`; `None`
+/// when it does not answer.
+pub fn metric_sum_at(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    Some(
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
