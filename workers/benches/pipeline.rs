@@ -18,7 +18,8 @@
 //! CPU-second, latency p50/p99.
 //!
 //! `IOT_BENCH_SECONDS` (default 15), `IOT_BENCH_DEVICES` (default 50), `IOT_BENCH_START_RATE`
-//! (default 2000); `IOT_BENCH_RATES=a,b,...` runs only those rates (no sweep).
+//! (default 2000); `IOT_BENCH_RATES=a,b,...` runs only those rates (no sweep);
+//! `IOT_BENCH_ALL_TYPES_TOPIC=false` turns off the enrichment's all-types copy.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -125,7 +126,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn count_enriched(bootstrap: &str, topic: &str) -> Arc<Mutex<Seen>> {
+fn count_enriched(bootstrap: &str, topics: &[String]) -> Arc<Mutex<Seen>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("bench-counter"))
@@ -133,9 +134,11 @@ fn count_enriched(bootstrap: &str, topic: &str) -> Arc<Mutex<Seen>> {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..common::PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
+    for topic in topics {
+        for p in 0..common::PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
     }
     consumer.assign(&tpl).unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -252,12 +255,29 @@ impl Run {
 async fn pipeline(rate: f64, seconds: u64, devices: usize) -> Run {
     let inst = Installation::new("bench").await;
     let mut bridge = inst.bridge("bench-bridge-0");
-    let mut enrichment = inst.enrichment("all");
+    // IOT_BENCH_ALL_TYPES_TOPIC=false: the enrichment writes only the per-type topics (and the
+    // count is taken there), to measure what the all-types copy costs.
+    let all_types = env_or("IOT_BENCH_ALL_TYPES_TOPIC", true);
+    let mut enrichment = inst.enrichment_with(
+        "all",
+        &[(
+            "IOT_ENRICHMENT_ALL_TYPES_TOPIC",
+            if all_types { "true" } else { "false" },
+        )],
+    );
     bridge.wait_ready(Duration::from_secs(60)).await;
     enrichment.wait_ready(Duration::from_secs(60)).await;
     let rss_idle = (rss_mib(bridge.pid()).0, rss_mib(enrichment.pid()).0);
     let cpu_before = (cpu_seconds(bridge.pid()), cpu_seconds(enrichment.pid()));
-    let seen = count_enriched(&inst.bootstrap, &inst.all_enriched_topic());
+    let counted = if all_types {
+        vec![inst.all_enriched_topic()]
+    } else {
+        common::DEVICE_TYPES
+            .iter()
+            .map(|t| inst.enriched_topic(t))
+            .collect()
+    };
+    let seen = count_enriched(&inst.bootstrap, &counted);
     let args = load_args(rate, seconds, devices);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sampling = Arc::new(AtomicBool::new(true));

@@ -83,6 +83,7 @@ struct Shared {
     tracker: Arc<Mutex<OffsetTracker>>,
     abort: Flag,
     prefix: String,
+    all_types_topic: bool,
 }
 
 pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
@@ -118,6 +119,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         tracker: tracker.clone(),
         abort: setup.life.abort.clone(),
         prefix,
+        all_types_topic: setup.args.all_types_topic,
     });
     let max_in_flight = setup.args.max_in_flight;
     let permits = Arc::new(Semaphore::new(max_in_flight));
@@ -205,7 +207,13 @@ async fn process(
         .lock()
         .expect("tracker lock")
         .start(&topic, partition, offset);
-    let prepared = prepare(&message, &catalog, &shared.prefix, clock::now());
+    let prepared = prepare(
+        &message,
+        &catalog,
+        &shared.prefix,
+        shared.all_types_topic,
+        clock::now(),
+    );
     shared
         .metrics
         .received

@@ -187,7 +187,13 @@ async fn transact(
     let mut pending = Vec::new();
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for m in batch {
-        let p = prepare(m, &catalog, prefix, clock::now());
+        let p = prepare(
+            m,
+            &catalog,
+            prefix,
+            setup.args.all_types_topic,
+            clock::now(),
+        );
         for r in &p.records {
             pending.push(kafka::enqueue(producer, r).await?);
         }
