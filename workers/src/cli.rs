@@ -19,6 +19,10 @@ pub struct KafkaArgs {
     /// Prefix of every Kafka topic name (`{prefix}.{device_type}.raw`, `{prefix}.deadletter`, ...).
     #[arg(long, env = "IOT_TOPIC_PREFIX", default_value = "iot")]
     pub topic_prefix: String,
+    /// Milliseconds a producer waits to fill a batch (`linger.ms`): lower is less latency at low
+    /// rates; under load batches fill on their own while a request is in flight.
+    #[arg(long, env = "IOT_KAFKA_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u32,
 }
 
 /// MQTT connection and topic layout.

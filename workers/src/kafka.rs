@@ -12,20 +12,21 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use crate::cli::KafkaArgs;
 use crate::metrics::PipelineMetrics;
 use crate::route::{self, Rejection};
 use crate::runtime::Flag;
 
 /// Producer settings that make a Kafka acknowledgement mean "stored": acks from all in-sync
 /// replicas, idempotence (no duplicates or reordering from the producer's own retries).
-pub fn producer_config(bootstrap: &str, client_id: &str) -> ClientConfig {
+pub fn producer_config(kafka: &KafkaArgs, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", &kafka.kafka_bootstrap)
         .set("client.id", client_id)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", kafka.linger_ms.to_string())
         .set("compression.type", "lz4")
         // librdkafka retries within this time; after it the application retries (see
         // `deliver`), so a broker outage only delays messages.
@@ -269,8 +270,14 @@ mod tests {
 
     #[test]
     fn producer_settings_give_the_delivery_guarantee() {
-        let c = producer_config("k:9092", "bridge-0");
+        let kafka = KafkaArgs {
+            kafka_bootstrap: "k:9092".into(),
+            topic_prefix: "iot".into(),
+            linger_ms: 2,
+        };
+        let c = producer_config(&kafka, "bridge-0");
         assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("linger.ms"), Some("2"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(
             enrichment_group("iot", "smart_meter"),

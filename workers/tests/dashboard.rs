@@ -287,6 +287,7 @@ async fn start(inst: &Installation) -> (dashboard::Running, runtime::FlagSetter)
         kafka: KafkaArgs {
             kafka_bootstrap: inst.bootstrap.clone(),
             topic_prefix: inst.prefix.clone(),
+            linger_ms: 5,
         },
         registry: RegistryArgs {
             registry_file: inst.registry_file.clone(),

@@ -216,7 +216,7 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         metrics.clone(),
         done.clone(),
     )?;
-    let producer: FutureProducer = kafka::producer_config(&args.kafka.kafka_bootstrap, &client_id)
+    let producer: FutureProducer = kafka::producer_config(&args.kafka, &client_id)
         .create()
         .context("creating the Kafka producer")?;
 

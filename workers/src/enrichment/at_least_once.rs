@@ -95,12 +95,10 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
             assigned: assigned.clone(),
         })
         .context("creating the Kafka consumer")?;
-    let producer: FutureProducer = kafka::producer_config(
-        &setup.args.kafka.kafka_bootstrap,
-        &format!("{}-producer", setup.group),
-    )
-    .create()
-    .context("creating the Kafka producer")?;
+    let producer: FutureProducer =
+        kafka::producer_config(&setup.args.kafka, &format!("{}-producer", setup.group))
+            .create()
+            .context("creating the Kafka producer")?;
     let reachable = Arc::new(AtomicBool::new(false));
     kafka::watch_reachability(
         producer.clone(),

@@ -74,14 +74,12 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         })
         .context("creating the Kafka consumer")?;
     let txn_id = transactional_id(&setup);
-    let producer: FutureProducer = kafka::producer_config(
-        &setup.args.kafka.kafka_bootstrap,
-        &format!("{}-producer", setup.group),
-    )
-    .set("transactional.id", &txn_id)
-    .set("transaction.timeout.ms", "60000")
-    .create()
-    .context("creating the transactional Kafka producer")?;
+    let producer: FutureProducer =
+        kafka::producer_config(&setup.args.kafka, &format!("{}-producer", setup.group))
+            .set("transactional.id", &txn_id)
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .context("creating the transactional Kafka producer")?;
     block_in_place(|| producer.init_transactions(TXN_CALL_TIMEOUT))
         .with_context(|| format!("initialising transactions as {txn_id}"))?;
     let reachable = Arc::new(AtomicBool::new(false));
