@@ -215,3 +215,51 @@ async fn overload_is_carried_at_full_pace_then_drained_with_nothing_missing() {
         "no restart needed"
     );
 }
+
+/// A message whose dead letter cannot be written is given up without a PUBACK, and keeps one of
+/// the broker's Receive Maximum slots until the next connection. When such messages fill the
+/// window the broker sends nothing more, with nothing pending in the bridge: the bridge must
+/// report that as a stall (not ready, and not live while Kafka answers, so that it is restarted
+/// and the broker redelivers them), not sit idle and healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_used_up_by_messages_that_cannot_be_carried_is_a_stall() {
+    let inst = Installation::new("exhausted").await;
+    let mut bridge = inst.bridge_with(
+        "exhausted-0",
+        &[
+            ("IOT_BRIDGE_MAX_IN_FLIGHT", "3"),
+            ("IOT_BRIDGE_STALL_SECONDS", "600"),
+        ],
+    );
+    bridge.wait_ready(READY).await;
+    // Without its dead-letter topic, a malformed message can neither be carried nor set aside.
+    inst.delete_topics(&[inst.deadletter_topic()]);
+    for i in 0..3 {
+        inst.publish(
+            &inst.mqtt_topic("bad-001", "raw"),
+            format!("not json {i}").as_bytes(),
+        )
+        .await;
+    }
+    let start = Instant::now();
+    loop {
+        let stalled = bridge.metric_sum("iot_bridge_stalled");
+        let live = bridge.get("/livez").map(|(code, _)| code);
+        let ready = bridge.get("/readyz").map(|(code, _)| code);
+        if stalled == 1.0 && live == Some(503) && ready == Some(503) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "no stall reported after {:?}: stalled {stalled}, livez {live:?}, readyz {ready:?}\n{}",
+            start.elapsed(),
+            bridge.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "window of 3 used up by uncarriable messages: reported as a stall after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(bridge.is_running());
+}

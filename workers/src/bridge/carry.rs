@@ -120,6 +120,9 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
+                if publish.connection == shared.connection.load(Ordering::Acquire) {
+                    shared.unacked.fetch_add(1, Ordering::AcqRel);
+                }
                 shared.finish(false);
             }
         }

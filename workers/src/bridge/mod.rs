@@ -119,6 +119,10 @@ struct Shared {
     progress: Progress,
     /// Finished messages whose PUBACK is not queued yet (the drain waits for 0).
     acks_owed: AtomicU64,
+    /// Messages of the current connection given up without a PUBACK (their dead letter could
+    /// not be written). Each holds one of the broker's Receive Maximum slots until the next
+    /// connection, where the broker redelivers it.
+    unacked: AtomicU64,
     /// Woken whenever a message is finished or its PUBACK queued (pump and drain wait on it).
     finished: Notify,
     /// Number of the current MQTT connection: a message received on an earlier connection is
@@ -256,6 +260,7 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         abort: life.abort.clone(),
         progress: Progress::default(),
         acks_owed: AtomicU64::new(0),
+        unacked: AtomicU64::new(0),
         finished: Notify::new(),
         connection: AtomicU64::new(0),
     });
@@ -263,6 +268,7 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         shared.clone(),
         health.clone(),
         Duration::from_secs(args.stall_seconds),
+        u64::from(args.max_in_flight),
         done.clone(),
     );
     let (to_carrier, from_pump) = mpsc::unbounded_channel();
@@ -298,7 +304,16 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
 
 /// Checks the stall rule every second and publishes it (readiness, liveness, metric, one log
 /// line per change).
-fn watch_stalls(shared: Arc<Shared>, health: Arc<Health>, bound: Duration, done: Flag) {
+///
+/// A bridge is also stalled when messages it gave up without a PUBACK fill the broker's window
+/// (`window`): the broker then sends nothing more on this connection, with nothing pending here.
+fn watch_stalls(
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    bound: Duration,
+    window: u64,
+    done: Flag,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -306,9 +321,17 @@ fn watch_stalls(shared: Arc<Shared>, health: Arc<Health>, bound: Duration, done:
                 () = done.wait() => return,
                 _ = tick.tick() => {}
             }
-            let stalled = shared.progress.is_stalled(bound);
+            let unacked = shared.unacked.load(Ordering::Acquire);
+            let exhausted = unacked >= window;
+            let stalled = shared.progress.is_stalled(bound) || exhausted;
             if stalled != health.stalled.swap(stalled, Ordering::Relaxed) {
-                if stalled {
+                if exhausted {
+                    tracing::error!(
+                        unacked,
+                        window,
+                        "stalled: messages that could not be carried hold the broker's whole window"
+                    );
+                } else if stalled {
                     tracing::error!(
                         pending = shared.progress.pending(),
                         seconds_without_progress = shared.progress.since_moved().as_secs(),
@@ -362,6 +385,8 @@ impl Pump<'_> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     let n = self.shared.connection.fetch_add(1, Ordering::AcqRel) + 1;
+                    // The broker redelivers what the last connection left unacknowledged.
+                    self.shared.unacked.store(0, Ordering::Release);
                     tracing::info!(
                         session_present = ack.session_present,
                         connection = n,

@@ -180,6 +180,21 @@ impl Installation {
     }
 }
 
+impl Installation {
+    /// Deletes `topics` (errors ignored: a topic may be gone already).
+    pub fn delete_topics(&self, topics: &[String]) {
+        let Ok(admin) = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return;
+        };
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
+    }
+}
+
 impl Drop for Installation {
     /// Deletes the topics and files of a passed test; a failed test keeps them as evidence.
     fn drop(&mut self) {
@@ -188,16 +203,7 @@ impl Drop for Installation {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        let Ok(admin) = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create::<AdminClient<DefaultClientContext>>()
-        else {
-            return;
-        };
-        let topics = self.all_topics();
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
+        self.delete_topics(&self.all_topics());
     }
 }
 
