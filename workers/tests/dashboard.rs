@@ -17,8 +17,6 @@ use iot_workers::cli::{KafkaArgs, RegistryArgs};
 use iot_workers::dashboard::{self, DashboardArgs};
 use iot_workers::runtime;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -86,15 +84,7 @@ impl Drop for Installation {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Ok(admin) = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create::<AdminClient<DefaultClientContext>>()
-        {
-            let topics = self.topics();
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
-        }
+        futures::executor::block_on(iot_testkit::delete_topics(&self.bootstrap, &self.topics()));
     }
 }
 

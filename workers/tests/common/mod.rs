@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use iot_operator::registry::Registry;
 use iot_testkit::{create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name};
 use iot_workers::catalog::fixtures::sample_registry;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -183,15 +181,7 @@ impl Installation {
 impl Installation {
     /// Deletes `topics` (errors ignored: a topic may be gone already).
     pub fn delete_topics(&self, topics: &[String]) {
-        let Ok(admin) = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create::<AdminClient<DefaultClientContext>>()
-        else {
-            return;
-        };
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
+        futures::executor::block_on(iot_testkit::delete_topics(&self.bootstrap, topics));
     }
 }
 

@@ -158,6 +158,19 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Deletes topics, ignoring errors (a topic may be gone already; used in clean-up).
+pub async fn delete_topics(bootstrap: &str, topics: &[String]) {
+    let Ok(admin) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(PROBE_TIMEOUT));
+    let _ = admin.delete_topics(&names, &options).await;
+}
+
 /// The MQTT broker URL of the test environment (`mqtt://host:port`), after checking that the
 /// broker accepts TCP connections.
 pub async fn mqtt_url() -> String {
