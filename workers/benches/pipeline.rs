@@ -127,20 +127,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 fn count_enriched(bootstrap: &str, topics: &[String]) -> Arc<Mutex<Seen>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("bench-counter"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for topic in topics {
-        for p in 0..common::PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader_from_beginning(bootstrap, topics, "bench-counter");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = seen.clone();
     tokio::spawn(async move {

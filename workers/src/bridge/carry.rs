@@ -2,7 +2,6 @@
 //! MQTT broker once Kafka has acknowledged the record.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -35,9 +34,14 @@ pub(super) struct Incoming {
 /// One MQTT message with its topic as text.
 struct Message {
     topic: String,
-    payload: Bytes,
     publish: Publish,
     connection: u64,
+}
+
+impl Message {
+    fn payload(&self) -> &Bytes {
+        &self.publish.payload
+    }
 }
 
 /// Carries the messages the pump hands over, in arrival order, until the pump is gone.
@@ -60,7 +64,6 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
     let publish = Message {
         topic,
-        payload: publish.payload.clone(),
         publish,
         connection,
     };
@@ -74,7 +77,7 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
     let received = clock::rfc3339(received_at);
     let (record, carried) = match route::route(
         &publish.topic,
-        &publish.payload,
+        publish.payload(),
         &catalog,
         shared.max_payload_bytes,
     ) {
@@ -82,7 +85,7 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
             let record = OutRecord {
                 topic: r.topic,
                 key: r.key,
-                payload: publish.payload.clone(),
+                payload: publish.payload().clone(),
                 headers: vec![
                     (headers::MQTT_TOPIC, publish.topic.clone()),
                     (headers::KIND, r.kind.as_str().to_string()),
@@ -120,10 +123,7 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
-                if publish.connection == shared.connection.load(Ordering::Acquire) {
-                    shared.unacked.fetch_add(1, Ordering::AcqRel);
-                }
-                shared.finish(false);
+                shared.give_up(publish.connection);
             }
         }
     });
@@ -132,7 +132,7 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
 /// Acknowledges a carried message to the broker, unless it arrived on an earlier connection
 /// (the broker has redelivered it on the current one, where it is carried again).
 async fn acknowledge(shared: &Shared, message: &Message) {
-    if message.connection != shared.connection.load(Ordering::Acquire) {
+    if !shared.is_current(message.connection) {
         return;
     }
     if let Err(e) = shared.client.ack(&message.publish).await {
@@ -207,7 +207,7 @@ fn dead_letter(
         "bridge",
         publish.topic.clone(),
         &publish.topic,
-        &publish.payload,
+        publish.payload(),
         rejection,
         extra,
     )

@@ -143,6 +143,31 @@ impl Shared {
         self.finished.notify_waiters();
     }
 
+    /// Kafka's outcome is known but the message cannot be acknowledged: the broker keeps it (and,
+    /// on the current connection, one of its window's slots) until it redelivers it.
+    fn give_up(&self, connection: u64) {
+        if self.is_current(connection) {
+            self.unacked.fetch_add(1, Ordering::AcqRel);
+        }
+        self.finish(false);
+    }
+
+    /// Whether `connection` is the current MQTT connection.
+    fn is_current(&self, connection: u64) -> bool {
+        connection == self.connection.load(Ordering::Acquire)
+    }
+
+    /// Returns at the next finish or queued PUBACK, or at once when `done` already holds
+    /// (checked after arming, so no wake-up is missed in between).
+    async fn next_change_unless(&self, done: impl Fn(&Self) -> bool) {
+        let changed = self.finished.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if !done(self) {
+            changed.await;
+        }
+    }
+
     /// The PUBACK of a finished message is queued (or given up).
     fn acked(&self) {
         self.acks_owed.fetch_sub(1, Ordering::AcqRel);
@@ -365,16 +390,12 @@ impl Pump<'_> {
             {
                 // A full window: read no more until a message finishes, but poll at least every
                 // 250 ms so that acknowledgements and keep-alives still go out.
-                let finished = self.shared.finished.notified();
-                tokio::pin!(finished);
-                finished.as_mut().enable();
-                if self.shared.progress.pending() >= self.max_in_flight {
-                    tokio::select! {
-                        biased;
-                        () = stop.wait() => return,
-                        () = finished => {}
-                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    }
+                let window_open = |s: &Shared| s.progress.pending() < self.max_in_flight;
+                tokio::select! {
+                    biased;
+                    () = stop.wait() => return,
+                    () = self.shared.next_change_unless(window_open) => {}
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
             let event = tokio::select! {
@@ -459,16 +480,10 @@ impl Pump<'_> {
 /// message handed to the carrier is finished (or `abort`), then disconnects cleanly. Messages
 /// arriving meanwhile are not acknowledged: the broker redelivers them to the session later.
 async fn drain(eventloop: &mut EventLoop, shared: &Shared, abort: &Flag) {
-    loop {
-        let finished = shared.finished.notified();
-        tokio::pin!(finished);
-        finished.as_mut().enable();
-        if shared.settled() {
-            break;
-        }
+    while !shared.settled() {
         tokio::select! {
             biased;
-            () = &mut finished => {}
+            () = shared.next_change_unless(Shared::settled) => {}
             () = abort.wait() => {
                 tracing::warn!(pending = shared.progress.pending(), "in-flight messages abandoned; they will be redelivered");
                 break;

@@ -74,24 +74,8 @@ pub struct SeqCounter {
 
 impl SeqCounter {
     pub fn start(bootstrap: &str, topics: &[String]) -> Self {
-        use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::Message;
-        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", iot_testkit::unique_name("itest-seq"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("sequence counter consumer");
-        let mut assignment = TopicPartitionList::new();
-        for topic in topics {
-            for partition in 0..super::PARTITIONS {
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Beginning)
-                    .unwrap();
-            }
-        }
-        consumer.assign(&assignment).expect("assign");
+        let consumer = super::reader_from_beginning(bootstrap, topics, "itest-seq");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
         let task = tokio::spawn({
             let seen = seen.clone();

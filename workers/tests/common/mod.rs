@@ -437,24 +437,31 @@ pub struct Collector {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A consumer of every partition of `topics` from the beginning (assigned, no group join), for
+/// tests and benchmarks that count what arrived.
+pub fn reader_from_beginning(bootstrap: &str, topics: &[String], name: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name(name))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("test consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for partition in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
 impl Collector {
     pub fn start(bootstrap: &str, topics: &[String]) -> Self {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", unique_name("itest-collector"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .expect("collector consumer");
-        let mut assignment = TopicPartitionList::new();
-        for topic in topics {
-            for partition in 0..PARTITIONS {
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Beginning)
-                    .unwrap();
-            }
-        }
-        consumer.assign(&assignment).expect("assign");
+        let consumer = reader_from_beginning(bootstrap, topics, "itest-collector");
         let records = Arc::new(Mutex::new(Vec::new()));
         let notify = Arc::new(Notify::new());
         let task = tokio::spawn({
