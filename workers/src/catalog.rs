@@ -9,6 +9,7 @@ use iot_operator::crd::{
     Measurement, TopicNames, ValidationMode, all_enriched_topic, deadletter_topic,
 };
 use iot_operator::registry::{FORMAT_VERSION, Registry, RegistryDeviceType};
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 
 /// Why a registry document cannot be used.
@@ -29,10 +30,10 @@ pub struct TypeContext {
     pub id: String,
     /// `{prefix}.{id}.raw` and `{prefix}.{id}.enriched`.
     pub topics: TopicNames,
-    /// The seed's `device_metadata` block.
-    pub device_metadata: Value,
-    /// The seed's `application_registry` block (active applications, no secrets).
-    pub application_registry: Value,
+    /// The seed's `device_metadata` block, serialised once.
+    pub device_metadata: Box<RawValue>,
+    /// The seed's `application_registry` block (active applications, no secrets), serialised once.
+    pub application_registry: Box<RawValue>,
     /// Declared measurements with their ranges.
     pub measurements: BTreeMap<String, Measurement>,
     /// What to do with out-of-range measurements.
@@ -148,8 +149,8 @@ fn type_context(dt: &RegistryDeviceType, prefix: &str) -> TypeContext {
     TypeContext {
         id: dt.id.clone(),
         topics: TopicNames::for_device_type(prefix, &dt.id),
-        device_metadata,
-        application_registry,
+        device_metadata: to_raw_value(&device_metadata).expect("a JSON value serializes"),
+        application_registry: to_raw_value(&application_registry).expect("a JSON value serializes"),
         measurements: dt.measurements.clone(),
         validation: dt.validation,
     }
@@ -213,16 +214,11 @@ mod tests {
         let breaker = catalog.get("smart_breaker").unwrap();
         assert_eq!(breaker.topics.raw, "iot.smart_breaker.raw");
         assert_eq!(breaker.topics.enriched, "iot.smart_breaker.enriched");
-        assert_eq!(
-            breaker.device_metadata["device_type_name"],
-            "Smart Circuit Breaker"
-        );
-        assert_eq!(
-            breaker.device_metadata["device_category"],
-            "electrical_protection"
-        );
-        assert_eq!(breaker.device_metadata["update_frequency"], "5_seconds");
-        let apps = &breaker.application_registry;
+        let metadata: Value = serde_json::from_str(breaker.device_metadata.get()).unwrap();
+        assert_eq!(metadata["device_type_name"], "Smart Circuit Breaker");
+        assert_eq!(metadata["device_category"], "electrical_protection");
+        assert_eq!(metadata["update_frequency"], "5_seconds");
+        let apps: Value = serde_json::from_str(breaker.application_registry.get()).unwrap();
         assert_eq!(apps["registered_applications_count"], 1);
         assert_eq!(apps["applications"][0]["name"], "Smart Grid Monitor");
         assert_eq!(apps["applications"][0]["developer"], "IoT Solutions Inc.");

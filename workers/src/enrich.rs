@@ -7,12 +7,14 @@
 
 use iot_operator::crd::ValidationMode;
 use jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, TypeContext};
 use crate::clock;
-use crate::quality::{self, Completeness};
-use crate::route::{self, Reason, Rejection};
+use crate::payload::RawObject;
+use crate::quality::{self, Violation};
+use crate::route::{Reason, Rejection};
 
 /// `enrichment_info.enrichment_service`.
 pub const SERVICE_NAME: &str = "iot-enrichment-service";
@@ -58,19 +60,27 @@ pub fn enrich(payload: &[u8], info: RecordInfo<'_>, catalog: &Catalog, now: Time
     }
 }
 
+/// The keys the enrichment writes; a payload's own copies are replaced, not kept.
+const ADDED_BLOCKS: [&str; 4] = [
+    "device_metadata",
+    "application_registry",
+    "enrichment_info",
+    "data_quality",
+];
+
 fn try_enrich(
     payload: &[u8],
     info: RecordInfo<'_>,
     catalog: &Catalog,
     now: Timestamp,
 ) -> Result<Enriched, Rejection> {
-    let mut object = route::parse_object(payload)?;
-    let device_id = route::device_id(&object)?.to_string();
+    let object = RawObject::parse(payload)?;
+    let device_id = object.device_id()?.into_owned();
     let with_id = |mut r: Rejection| {
         r.device_id = Some(device_id.clone());
         r
     };
-    let device_type = route::device_type(&object).map_err(with_id)?.to_string();
+    let device_type = object.device_type().map_err(with_id)?.into_owned();
     if let Some(expected) = info.topic_device_type
         && expected != device_type
     {
@@ -87,33 +97,56 @@ fn try_enrich(
     })?;
 
     let device_timestamp = object
-        .get("timestamp")
-        .and_then(Value::as_str)
+        .str("timestamp")
+        .as_deref()
         .and_then(clock::parse)
         .filter(|ts| ts.as_second() <= now.as_second() + MAX_CLOCK_AHEAD_SECONDS);
-    let (data_quality, violations) =
-        data_quality(&object, context, device_timestamp.is_some()).map_err(with_id)?;
+    // Only the measurements are read as a tree (the checks need their values).
+    let measurements = object
+        .get("measurements")
+        .filter(|v| v.get().starts_with('{'))
+        .map(|v| serde_json::from_str::<Map<String, Value>>(v.get()))
+        .transpose()
+        .expect("a JSON object parses as a map");
+    let quality = data_quality(measurements.as_ref(), context, device_timestamp.is_some())
+        .map_err(with_id)?;
+    let violations = quality.out_of_range.as_ref().map_or(0, Vec::len);
 
-    object.insert("device_metadata".into(), context.device_metadata.clone());
-    object.insert(
-        "application_registry".into(),
-        context.application_registry.clone(),
+    let enriched_at = clock::rfc3339(now);
+    let enrichment_info = EnrichmentInfo {
+        enriched_at: &enriched_at,
+        enrichment_service: SERVICE_NAME,
+        enrichment_version: SERVICE_VERSION,
+        device_type_detected: &device_type,
+        app_registry_integration: true,
+        bridge_received_at: info.bridge_received_at,
+    };
+
+    // The payload's own fields byte for byte, then the four blocks.
+    let mut out = Vec::with_capacity(
+        payload.len()
+            + context.device_metadata.get().len()
+            + context.application_registry.get().len()
+            + 512,
     );
-    let mut enrichment_info = json!({
-        "enriched_at": clock::rfc3339(now),
-        "enrichment_service": SERVICE_NAME,
-        "enrichment_version": SERVICE_VERSION,
-        "device_type_detected": device_type,
-        "app_registry_integration": true,
-    });
-    if let Some(received) = info.bridge_received_at {
-        enrichment_info["bridge_received_at"] = Value::from(received);
+    out.push(b'{');
+    for (key, value) in object.fields() {
+        if !ADDED_BLOCKS.contains(&key) {
+            write_field(&mut out, key, value);
+        }
     }
-    object.insert("enrichment_info".into(), enrichment_info);
-    object.insert("data_quality".into(), data_quality);
+    write_field(&mut out, "device_metadata", &context.device_metadata);
+    write_field(
+        &mut out,
+        "application_registry",
+        &context.application_registry,
+    );
+    write_field(&mut out, "enrichment_info", &enrichment_info);
+    write_field(&mut out, "data_quality", &quality);
+    out.push(b'}');
 
     Ok(Enriched {
-        payload: serde_json::to_vec(&object).expect("a JSON map serializes"),
+        payload: out,
         device_id,
         device_type,
         device_timestamp,
@@ -121,60 +154,95 @@ fn try_enrich(
     })
 }
 
-/// The `data_quality` block and the number of flagged violations; a rejection when the
-/// validation mode dead-letters violations.
+/// Appends `"key":value` to an object being written (after `{`).
+fn write_field<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &str, value: &T) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+    out.push(b':');
+    serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
+}
+
+/// `enrichment_info`.
+#[derive(Serialize)]
+struct EnrichmentInfo<'a> {
+    enriched_at: &'a str,
+    enrichment_service: &'static str,
+    enrichment_version: &'static str,
+    device_type_detected: &'a str,
+    app_registry_integration: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge_received_at: Option<&'a str>,
+}
+
+/// `data_quality`.
+#[derive(Debug, Serialize)]
+struct DataQuality {
+    timestamp_valid: bool,
+    /// `null` for trends and status messages, which carry no measurements.
+    measurements_complete: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements_present: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements_declared: Option<usize>,
+    validation: &'static str,
+    /// Absent when validation is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    within_ranges: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out_of_range: Option<Vec<Violation>>,
+    enrichment_success: bool,
+}
+
+/// The `data_quality` block; a rejection when the validation mode dead-letters violations.
 fn data_quality(
-    object: &Map<String, Value>,
+    measurements: Option<&Map<String, Value>>,
     context: &TypeContext,
     timestamp_valid: bool,
-) -> Result<(Value, usize), Rejection> {
-    let mut dq = Map::new();
-    dq.insert("timestamp_valid".into(), timestamp_valid.into());
-    let measurements = object.get("measurements").and_then(Value::as_object);
-    let mut violations = Vec::new();
-    match measurements {
-        Some(m) => {
-            let Completeness { present, declared } =
-                quality::completeness(m, &context.measurements);
-            let complete = Completeness { present, declared }.is_complete();
-            dq.insert("measurements_complete".into(), complete.into());
-            dq.insert("measurements_present".into(), present.into());
-            dq.insert("measurements_declared".into(), declared.into());
-            if context.validation != ValidationMode::Off {
-                violations = quality::check_ranges(m, &context.measurements);
-            }
-        }
-        // Trends and status messages carry no measurements: completeness does not apply.
-        None => {
-            dq.insert("measurements_complete".into(), Value::Null);
-        }
-    }
-    let mode = match context.validation {
-        ValidationMode::Off => "Off",
-        ValidationMode::Flag => "Flag",
-        ValidationMode::DeadLetter => "DeadLetter",
+) -> Result<DataQuality, Rejection> {
+    let mut dq = DataQuality {
+        timestamp_valid,
+        measurements_complete: None,
+        measurements_present: None,
+        measurements_declared: None,
+        validation: match context.validation {
+            ValidationMode::Off => "Off",
+            ValidationMode::Flag => "Flag",
+            ValidationMode::DeadLetter => "DeadLetter",
+        },
+        within_ranges: None,
+        out_of_range: None,
+        enrichment_success: true,
     };
-    dq.insert("validation".into(), mode.into());
+    // Trends and status messages carry no measurements: completeness does not apply.
+    let Some(m) = measurements else {
+        return Ok(dq);
+    };
+    let completeness = quality::completeness(m, &context.measurements);
+    dq.measurements_complete = Some(completeness.is_complete());
+    dq.measurements_present = Some(completeness.present);
+    dq.measurements_declared = Some(completeness.declared);
+    if context.validation == ValidationMode::Off {
+        return Ok(dq);
+    }
+    let violations = quality::check_ranges(m, &context.measurements);
     if context.validation == ValidationMode::DeadLetter && !violations.is_empty() {
         return Err(Rejection::new(
             Reason::OutOfRange,
             serde_json::to_string(&violations).expect("violations serialize"),
         ));
     }
-    if context.validation != ValidationMode::Off {
-        dq.insert("within_ranges".into(), violations.is_empty().into());
-        dq.insert(
-            "out_of_range".into(),
-            serde_json::to_value(&violations).expect("violations serialize"),
-        );
-    }
-    dq.insert("enrichment_success".into(), true.into());
-    Ok((Value::Object(dq), violations.len()))
+    dq.within_ranges = Some(violations.is_empty());
+    dq.out_of_range = Some(violations);
+    Ok(dq)
 }
 
 #[cfg(test)]
 mod tests {
     use iot_operator::registry::Registry;
+
+    use serde_json::json;
 
     use super::*;
     use crate::catalog::fixtures::{SEED_RAW, sample_registry};

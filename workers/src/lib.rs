@@ -19,6 +19,7 @@ pub mod enrichment;
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;
+pub mod payload;
 pub mod quality;
 pub mod registry_file;
 pub mod route;

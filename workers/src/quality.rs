@@ -101,7 +101,7 @@ pub fn check_ranges(
             Value::Object(parts) if !m.phases.is_empty() || !m.components.is_empty() => {
                 for phase in &m.phases {
                     if let Some(v) = parts.get(phase) {
-                        check_value(&format!("{name}.{phase}"), v, &whole, &mut out);
+                        check_value((name, Some(phase)), v, &whole, &mut out);
                     }
                 }
                 for (component, c) in &m.components {
@@ -123,23 +123,33 @@ pub fn check_ranges(
                             &c.valid_values
                         },
                     };
-                    check_value(&format!("{name}.{component}"), v, &expect, &mut out);
+                    check_value((name, Some(component)), v, &expect, &mut out);
                 }
             }
             Value::Object(single) => {
                 if let Some(v) = single.get("value") {
-                    check_value(name, v, &whole, &mut out);
+                    check_value((name, None), v, &whole, &mut out);
                 }
             }
-            scalar => check_value(name, scalar, &whole, &mut out),
+            scalar => check_value((name, None), scalar, &whole, &mut out),
         }
     }
     out
 }
 
-fn check_value(field: &str, value: &Value, expect: &Expect<'_>, out: &mut Vec<Violation>) {
+/// `field`: the measurement and, for phases and components, the part (named only when a value
+/// breaks its declaration, so that values in range cost no allocation).
+fn check_value(
+    field: (&str, Option<&str>),
+    value: &Value,
+    expect: &Expect<'_>,
+    out: &mut Vec<Violation>,
+) {
     let violation = |rule| Violation {
-        field: field.to_string(),
+        field: match field {
+            (name, Some(part)) => format!("{name}.{part}"),
+            (name, None) => name.to_string(),
+        },
         value: value.clone(),
         rule,
     };

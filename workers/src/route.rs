@@ -7,10 +7,10 @@
 use std::fmt;
 
 use jiff::Timestamp;
-use serde_json::{Map, Value};
 
 use crate::catalog::Catalog;
 use crate::clock;
+use crate::payload::RawObject;
 
 /// Default largest payload carried (bytes); larger ones are dead-lettered as `oversize`.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
@@ -195,13 +195,13 @@ pub fn route(
             ),
         ));
     }
-    let object = parse_object(payload)?;
-    let device_id = device_id(&object)?;
-    let device_type = device_type(&object).map_err(|mut r| {
+    let object = RawObject::parse(payload)?;
+    let device_id = object.device_id()?;
+    let device_type = object.device_type().map_err(|mut r| {
         r.device_id = Some(device_id.to_string());
         r
     })?;
-    let Some(context) = catalog.get(device_type) else {
+    let Some(context) = catalog.get(&device_type) else {
         return Err(Rejection {
             reason: Reason::UnregisteredDeviceType,
             detail: format!("device_type {device_type:?} is not registered"),
@@ -213,71 +213,8 @@ pub fn route(
         key: device_id.to_string(),
         device_type: device_type.to_string(),
         kind,
-        device_timestamp: object
-            .get("timestamp")
-            .and_then(Value::as_str)
-            .and_then(clock::parse),
+        device_timestamp: object.str("timestamp").as_deref().and_then(clock::parse),
     })
-}
-
-/// The payload as a JSON object, or why not.
-pub fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| Rejection::new(Reason::NotUtf8, format!("payload is not UTF-8: {e}")))?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Rejection::new(
-            Reason::NotObject,
-            format!("payload is JSON {}, not an object", json_type(&other)),
-        )),
-        Err(e) => Err(Rejection::new(
-            Reason::NotJson,
-            format!("payload is not JSON: {e}"),
-        )),
-    }
-}
-
-/// The object's `device_id`, or why it has none usable.
-pub fn device_id(object: &Map<String, Value>) -> Result<&str, Rejection> {
-    match object.get("device_id") {
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN => Ok(id),
-        Some(Value::String(id)) if !id.is_empty() => Err(Rejection::new(
-            Reason::NoDeviceId,
-            format!("device_id is longer than {MAX_DEVICE_ID_LEN} bytes"),
-        )),
-        Some(other) => Err(Rejection::new(
-            Reason::NoDeviceId,
-            format!("device_id is {}, not a non-empty string", json_type(other)),
-        )),
-        None => Err(Rejection::new(Reason::NoDeviceId, "no device_id")),
-    }
-}
-
-/// The object's `device_type`, or why it has none.
-pub fn device_type(object: &Map<String, Value>) -> Result<&str, Rejection> {
-    match object.get("device_type") {
-        Some(Value::String(t)) if !t.is_empty() => Ok(t),
-        Some(other) => Err(Rejection::new(
-            Reason::NoDeviceType,
-            format!(
-                "device_type is {}, not a non-empty string",
-                json_type(other)
-            ),
-        )),
-        None => Err(Rejection::new(Reason::NoDeviceType, "no device_type")),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(s) if s.is_empty() => "an empty string",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// What of a payload goes into its dead-letter record: all of it, except the head of an
