@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    Setup, account, consumer_config, dead_letter_topic_missing, follow_registry, partition_list,
-    prepare, raw_topics, subscribe,
+    Prepared, Setup, account, consumer_config, dead_letter_topic_missing, follow_registry,
+    partition_list, prepare, raw_topics, subscribe,
 };
 use crate::catalog::Catalog;
 use crate::clock;
@@ -26,6 +29,9 @@ use crate::metrics::PipelineMetrics;
 use crate::offsets::OffsetTracker;
 use crate::route::Reason;
 use crate::runtime::Flag;
+
+/// Most records taken from the consumer in one go.
+const MAX_BATCH: usize = 256;
 
 /// Commits finished offsets of revoked partitions before they go, and reports assignment.
 struct GroupContext {
@@ -120,6 +126,8 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         all_types_topic: setup.args.all_types_topic,
     });
     let max_in_flight = setup.args.max_in_flight;
+    // A quarter of the window, so that the next batch is read while one is being delivered.
+    let max_batch = (max_in_flight / 4).clamp(1, MAX_BATCH);
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let mut commit_tick =
         tokio::time::interval(Duration::from_millis(setup.args.commit_interval_ms));
@@ -136,14 +144,27 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
             Ok(()) = setup.catalog.changed() => follow_registry(&mut setup, &consumer, &mut topics)?,
             received = consumer.recv() => match received {
                 Ok(message) => {
-                    let message = message.detach();
+                    // Whatever else is already waiting joins the batch: one task, one tracker
+                    // lock and one clock reading per batch instead of per record.
+                    let mut batch = vec![message.detach()];
+                    while batch.len() < max_batch {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => batch.push(m.detach()),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "consume error");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let n = u32::try_from(batch.len()).expect("a batch is at most max-in-flight");
                     let permit = tokio::select! {
                         biased;
                         () = stop.wait() => break,
-                        p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                        p = permits.clone().acquire_many_owned(n) => p.expect("semaphore never closed"),
                     };
                     let catalog = setup.catalog.borrow().clone();
-                    process(&shared, message, catalog, permit).await;
+                    process(&shared, batch, catalog, permit).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consume error");
@@ -186,85 +207,115 @@ fn commit(consumer: &GroupConsumer, tracker: &Mutex<OffsetTracker>, mode: Commit
     }
 }
 
-/// Enriches one record, hands its output records to the producer (in consumption order, which
-/// keeps each device's messages in order) and spawns the wait for their acknowledgements, after
-/// which its offset may be committed.
+/// Enriches a batch of records, hands their output records to the producer (in consumption
+/// order, which keeps each device's messages in order) and spawns the wait for their
+/// acknowledgements; each record's offset may be committed, and its permit is released, as soon
+/// as its outputs are acknowledged.
 async fn process(
     shared: &Arc<Shared>,
-    message: OwnedMessage,
+    batch: Vec<OwnedMessage>,
     catalog: Arc<Catalog>,
-    permit: OwnedSemaphorePermit,
+    mut permit: OwnedSemaphorePermit,
 ) {
-    let (topic, partition, offset) = (
-        message.topic().to_string(),
-        message.partition(),
-        message.offset(),
-    );
-    shared
-        .tracker
-        .lock()
-        .expect("tracker lock")
-        .start(&topic, partition, offset);
-    let prepared = prepare(
-        &message,
-        &catalog,
-        &shared.prefix,
-        shared.all_types_topic,
-        clock::now(),
-    );
-    shared
-        .metrics
-        .received
-        .with_label_values(&[&prepared.kind])
-        .inc();
-    shared.metrics.in_flight.inc();
-    let mut firsts = Vec::with_capacity(prepared.records.len());
-    for r in &prepared.records {
-        firsts.push(kafka::enqueue(&shared.producer, r).await);
+    {
+        let mut tracker = shared.tracker.lock().expect("tracker lock");
+        for m in &batch {
+            tracker.start(m.topic(), m.partition(), m.offset());
+        }
+    }
+    let now = clock::now();
+    let mut work = Vec::with_capacity(batch.len());
+    for message in batch {
+        let prepared = prepare(
+            &message,
+            &catalog,
+            &shared.prefix,
+            shared.all_types_topic,
+            now,
+        );
+        shared
+            .metrics
+            .received
+            .with_label_values(&[&prepared.kind])
+            .inc();
+        shared.metrics.in_flight.inc();
+        let mut firsts = Vec::with_capacity(prepared.records.len());
+        for r in &prepared.records {
+            firsts.push(kafka::enqueue(&shared.producer, r).await);
+        }
+        let one = permit.split(1).expect("one permit per record");
+        work.push((message, prepared, firsts, one));
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        let deliveries = prepared.records.iter().zip(firsts).map(|(r, first)| {
-            kafka::deliver(&shared.producer, r, first, &shared.metrics, &shared.abort)
-        });
-        let outcomes = join_all(deliveries).await;
-        let missing = outcomes
-            .iter()
-            .any(|o| matches!(o, Err(DeliveryError::TopicMissing(_))));
-        let done = match outcomes.iter().find_map(|o| o.as_ref().err()) {
-            None => {
-                account(&shared.metrics, &prepared.result, &prepared.kind);
-                true
-            }
-            Some(_) if missing && prepared.result.is_ok() => {
-                let fallback = &dead_letter_topic_missing(&message, &catalog);
-                let first = kafka::enqueue(&shared.producer, fallback).await;
-                let dl = kafka::deliver(
-                    &shared.producer,
-                    fallback,
-                    first,
-                    &shared.metrics,
-                    &shared.abort,
-                )
-                .await;
-                if dl.is_ok() {
-                    account(&shared.metrics, &Err(Reason::TopicMissing), &prepared.kind);
+        // Concurrently, so that one record's retries do not hold up the others.
+        let mut pending: FuturesUnordered<_> = work
+            .into_iter()
+            .map(|(message, prepared, firsts, permit)| {
+                let (shared, catalog) = (&shared, &catalog);
+                async move {
+                    if deliver(shared, &message, catalog, prepared, firsts).await {
+                        shared.tracker.lock().expect("tracker lock").finish(
+                            message.topic(),
+                            message.partition(),
+                            message.offset(),
+                        );
+                    }
+                    shared.metrics.in_flight.dec();
+                    drop(permit);
                 }
-                dl.is_ok()
-            }
-            Some(e) => {
-                tracing::warn!(error = %e, %topic, partition, offset, "record not finished; it will be consumed again");
-                false
-            }
-        };
-        if done {
-            shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .finish(&topic, partition, offset);
-        }
-        shared.metrics.in_flight.dec();
-        drop(permit);
+            })
+            .collect();
+        while pending.next().await.is_some() {}
     });
+}
+
+/// Waits for one record's outputs; true when it is finished (delivered, or dead-lettered because
+/// an output topic is missing).
+async fn deliver(
+    shared: &Shared,
+    message: &OwnedMessage,
+    catalog: &Catalog,
+    prepared: Prepared,
+    firsts: Vec<Result<DeliveryFuture, KafkaError>>,
+) -> bool {
+    let deliveries = prepared.records.iter().zip(firsts).map(|(r, first)| {
+        kafka::deliver(&shared.producer, r, first, &shared.metrics, &shared.abort)
+    });
+    let outcomes = join_all(deliveries).await;
+    let missing = outcomes
+        .iter()
+        .any(|o| matches!(o, Err(DeliveryError::TopicMissing(_))));
+    match outcomes.iter().find_map(|o| o.as_ref().err()) {
+        None => {
+            account(&shared.metrics, &prepared.result, &prepared.kind);
+            true
+        }
+        Some(_) if missing && prepared.result.is_ok() => {
+            let fallback = &dead_letter_topic_missing(message, catalog);
+            let first = kafka::enqueue(&shared.producer, fallback).await;
+            let dl = kafka::deliver(
+                &shared.producer,
+                fallback,
+                first,
+                &shared.metrics,
+                &shared.abort,
+            )
+            .await;
+            if dl.is_ok() {
+                account(&shared.metrics, &Err(Reason::TopicMissing), &prepared.kind);
+            }
+            dl.is_ok()
+        }
+        Some(e) => {
+            tracing::warn!(
+                error = %e,
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "record not finished; it will be consumed again"
+            );
+            false
+        }
+    }
 }
