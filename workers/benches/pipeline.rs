@@ -113,6 +113,61 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), and its cores.
+fn machine_busy_seconds() -> (f64, usize) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    ((ticks.iter().sum::<f64>() - idle) / 100.0, cores.max(1))
+}
+
+/// CPU seconds of a test-environment service (`kafka`, `mosquitto`), from its pid file.
+fn service_cpu_seconds(service: &str) -> f64 {
+    std::env::var("IOT_TESTENV_RUN_DIR")
+        .ok()
+        .and_then(|dir| std::fs::read_to_string(format!("{dir}/pids/{service}.pid")).ok())
+        .and_then(|pid| pid.trim().parse().ok())
+        .map_or(f64::NAN, cpu_seconds)
+}
+
+/// CPU seconds of everything else in a run: the machine, Kafka, Mosquitto.
+#[derive(Clone, Copy, Debug)]
+struct OthersCpu {
+    machine: f64,
+    kafka: f64,
+    mosquitto: f64,
+}
+
+impl OthersCpu {
+    fn now() -> Self {
+        Self {
+            machine: machine_busy_seconds().0,
+            kafka: service_cpu_seconds("kafka"),
+            mosquitto: service_cpu_seconds("mosquitto"),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            machine: self.machine - before.machine,
+            kafka: self.kafka - before.kafka,
+            mosquitto: self.mosquitto - before.mosquitto,
+        }
+    }
+}
+
 /// (current, peak) resident set size of a process, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -188,6 +243,10 @@ struct Run {
     steady: (f64, f64),
     bridge_cpu: f64,
     enrichment_cpu: f64,
+    /// The rest of the machine over the run (publishing until the last arrival).
+    others: OthersCpu,
+    /// Seconds from the first publish to the last arrival.
+    seconds: f64,
     rss_idle: (f64, f64),
     rss_peak: (f64, f64),
     /// Highest in-flight gauge sampled during the run: (bridge, enrichment).
@@ -207,7 +266,7 @@ impl Run {
 
     fn print(&self, label: &str) {
         println!(
-            "pipeline {label:<9} offered {:>7.0}/s  published {:>7} at {:>7.0}/s  enriched {:>7} ({} missing, {} duplicates)  end-to-end {:>7.0}/s  behind {:>5.1} s  latency p50 {:>6.1} ms p99 {:>7.1} ms (after {WARM_UP_SECONDS} s: {:.1} / {:.1} ms)  CPU bridge {:>5.1} s ({:>6.0} msg/CPU-s) enrichment {:>5.1} s ({:>6.0} msg/CPU-s)  RSS bridge {:.1}->{:.1} MiB enrichment {:.1}->{:.1} MiB  in flight peak bridge {:.0} enrichment {:.0}  {}",
+            "pipeline {label:<9} offered {:>7.0}/s  published {:>7} at {:>7.0}/s  enriched {:>7} ({} missing, {} duplicates)  end-to-end {:>7.0}/s  behind {:>5.1} s  latency p50 {:>6.1} ms p99 {:>7.1} ms (after {WARM_UP_SECONDS} s: {:.1} / {:.1} ms)  CPU bridge {:>5.1} s ({:>6.0} msg/CPU-s) enrichment {:>5.1} s ({:>6.0} msg/CPU-s)  RSS bridge {:.1}->{:.1} MiB enrichment {:.1}->{:.1} MiB  in flight peak bridge {:.0} enrichment {:.0}  machine busy {:.0} % of {} cores (Kafka {:.1} s, Mosquitto {:.1} s)  {}",
             self.target,
             self.published,
             self.publish_rate,
@@ -230,6 +289,10 @@ impl Run {
             self.rss_peak.1,
             self.in_flight_peak.0,
             self.in_flight_peak.1,
+            100.0 * self.others.machine / (self.seconds * machine_busy_seconds().1 as f64),
+            machine_busy_seconds().1,
+            self.others.kafka,
+            self.others.mosquitto,
             if self.keeps_up() {
                 "keeps up"
             } else {
@@ -256,6 +319,7 @@ async fn pipeline(rate: f64, seconds: u64, devices: usize) -> Run {
     enrichment.wait_ready(Duration::from_secs(60)).await;
     let rss_idle = (rss_mib(bridge.pid()).0, rss_mib(enrichment.pid()).0);
     let cpu_before = (cpu_seconds(bridge.pid()), cpu_seconds(enrichment.pid()));
+    let others_before = OthersCpu::now();
     let counted = if all_types {
         vec![inst.all_enriched_topic()]
     } else {
@@ -276,6 +340,7 @@ async fn pipeline(rate: f64, seconds: u64, devices: usize) -> Run {
     let published = summary["published"].as_u64().unwrap();
     let publish_seconds = summary["elapsed_seconds"].as_f64().unwrap_or(f64::NAN);
     settle(&seen, published).await;
+    let others = OthersCpu::now().since(others_before);
     sampling.store(false, Ordering::Relaxed);
     let in_flight_peak = sampler.join().unwrap();
     let rss_peak = (rss_mib(bridge.pid()).1, rss_mib(enrichment.pid()).1);
@@ -303,6 +368,8 @@ async fn pipeline(rate: f64, seconds: u64, devices: usize) -> Run {
         ),
         bridge_cpu: cpu_seconds(bridge.pid()) - cpu_before.0,
         enrichment_cpu: cpu_seconds(enrichment.pid()) - cpu_before.1,
+        others,
+        seconds: publish_seconds + behind,
         rss_idle,
         rss_peak,
         in_flight_peak,
@@ -526,6 +593,23 @@ fn main() {
             ceiling.rss_idle.1,
             ceiling.rss_peak.0,
             ceiling.rss_peak.1
+        );
+        let (_, cores) = machine_busy_seconds();
+        let share = |cpu: f64| 100.0 * cpu / ceiling.others.machine;
+        println!(
+            "at the ceiling the machine is {:.0} % busy ({cores} cores); of its busy CPU: bridge {:.0} %, enrichment {:.0} %, Kafka {:.0} %, Mosquitto {:.0} %, the rest (load generator, benchmark consumer, kernel) {:.0} %",
+            100.0 * ceiling.others.machine / (ceiling.seconds * cores as f64),
+            share(ceiling.bridge_cpu),
+            share(ceiling.enrichment_cpu),
+            share(ceiling.others.kafka),
+            share(ceiling.others.mosquitto),
+            share(
+                ceiling.others.machine
+                    - ceiling.bridge_cpu
+                    - ceiling.enrichment_cpu
+                    - ceiling.others.kafka
+                    - ceiling.others.mosquitto
+            ),
         );
         println!("at half the ceiling ({:.0}/s): latency p50 {:.1} ms, p99 {:.1} ms; after the first {WARM_UP_SECONDS} s p50 {:.1} ms, p99 {:.1} ms", half.target, half.p50, half.p99, half.steady.0, half.steady.1);
         println!(
