@@ -2,9 +2,7 @@
 //! and its integration tests can drive the same code the binary runs.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod controller;
 pub mod crd;
 pub mod kafka;
 pub mod registry;
-pub mod telemetry;

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use iot_operator::{admin, controller, crd, registry, telemetry};
+use iot_operator::{controller, crd, registry};
+use iot_process::{admin, telemetry};
 
 /// Kubernetes operator for IoT Cloud.
 #[derive(Debug, Parser)]

@@ -8,109 +8,20 @@
 use std::collections::BTreeMap;
 
 use kube::{Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
+
+use iot_model::registry as model;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{
-    Application, DeviceType, Measurement, Platform, TopicNames, ValidationMode, all_enriched_topic,
-    deadletter_topic, validate,
+    Application, DataType, DeviceType, Measurement, MeasurementComponent, Platform, TopicNames,
+    ValidationMode, validate,
 };
 
-/// Name of the ConfigMap holding the registry.
-pub const CONFIG_MAP_NAME: &str = "iot-registry";
-/// Key of the registry JSON in the ConfigMap.
-pub const CONFIG_MAP_KEY: &str = "registry.json";
-/// Version of the JSON layout; workers refuse a registry with a version they do not know.
-pub const FORMAT_VERSION: u32 = 1;
-/// Namespace assumed for objects that have none (manifests not yet applied).
-pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// The whole enrichment context.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Registry {
-    /// Layout version, [`FORMAT_VERSION`].
-    pub version: u32,
-    /// Prefix of every topic name, e.g. `iot`.
-    pub topic_prefix: String,
-    /// Topics shared by all device types.
-    pub topics: SharedTopics,
-    /// Device types by id (`spec.deviceType`), sorted by id.
-    pub device_types: BTreeMap<String, RegistryDeviceType>,
-    /// Objects left out, and why (duplicate ids, invalid specs); empty when all is well.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skipped: Vec<Skipped>,
-}
-
-/// Topics shared by all device types.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SharedTopics {
-    /// Enriched messages of all device types, e.g. `iot.enriched`.
-    pub enriched: String,
-    /// Messages that could not be carried, e.g. `iot.deadletter`.
-    pub deadletter: String,
-}
-
-/// What the enrichment adds about one device type (the seed's `device_metadata`) and who reads
-/// it (the seed's `application_registry`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryDeviceType {
-    /// Device-type id, e.g. `smart_breaker`.
-    pub id: String,
-    /// The DeviceType object, `namespace/name`.
-    pub source: String,
-    pub display_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update_frequency: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_policy: Option<String>,
-    /// Measurements with units and ranges, as in the DeviceType spec.
-    #[serde(default)]
-    pub measurements: BTreeMap<String, Measurement>,
-    /// What to do with out-of-range measurements.
-    pub validation: ValidationMode,
-    /// The device type's raw and enriched topics.
-    pub topics: TopicNames,
-    /// Active applications registered for this device type, sorted by id.
-    #[serde(default)]
-    pub applications: Vec<RegistryApplication>,
-}
-
-/// An active application, as the enrichment lists it (no secrets).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryApplication {
-    /// Stable id, `namespace/name` of the Application object.
-    pub id: String,
-    pub display_name: String,
-    pub developer: String,
-    pub platform: Platform,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
-    pub version: String,
-    /// Always `active`: inactive applications are left out (the seed's status field).
-    pub status: String,
-}
-
-/// An object left out of the registry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Skipped {
-    /// `DeviceType` or `Application`.
-    pub kind: String,
-    /// `namespace/name`.
-    pub object: String,
-    pub reason: String,
-}
+pub use iot_model::naming::is_valid_topic_prefix;
+pub use iot_model::registry::{
+    CONFIG_MAP_KEY, CONFIG_MAP_NAME, DEFAULT_NAMESPACE, FORMAT_VERSION, Registry,
+    RegistryApplication, RegistryDeviceType, SharedTopics, Skipped,
+};
 
 fn object_id<K: ResourceExt>(object: &K) -> String {
     let namespace = object
@@ -182,8 +93,12 @@ pub fn build_registry(
             data_format: spec.data_format.clone(),
             update_frequency: spec.update_frequency.clone(),
             retention_policy: spec.retention_policy.clone(),
-            measurements: spec.measurements.clone(),
-            validation: spec.validation,
+            measurements: spec
+                .measurements
+                .iter()
+                .map(|(name, m)| (name.clone(), measurement(m)))
+                .collect(),
+            validation: validation(spec.validation),
             topics: TopicNames::for_device_type(topic_prefix, &spec.device_type),
             applications: Vec::new(),
         };
@@ -206,7 +121,7 @@ pub fn build_registry(
             id,
             display_name: spec.display_name.clone(),
             developer: spec.developer.clone(),
-            platform: spec.platform,
+            platform: platform(spec.platform),
             category: spec.category.clone(),
             version: spec.version.clone(),
             status: "active".into(),
@@ -225,23 +140,75 @@ pub fn build_registry(
     Registry {
         version: FORMAT_VERSION,
         topic_prefix: topic_prefix.to_string(),
-        topics: SharedTopics {
-            enriched: all_enriched_topic(topic_prefix),
-            deadletter: deadletter_topic(topic_prefix),
-        },
+        topics: SharedTopics::new(topic_prefix),
         device_types: entries,
         skipped,
     }
 }
 
-/// Whether `prefix` can start a Kafka topic name: 1-100 characters of `[a-zA-Z0-9_-]`
-/// (no dots: they separate the prefix from the device-type id).
-pub fn is_valid_topic_prefix(prefix: &str) -> bool {
-    !prefix.is_empty()
-        && prefix.len() <= 100
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+// The custom resources' types, converted into the registry document's own: the document changes
+// only here, never as a side effect of a CRD change.
+
+fn measurement(m: &Measurement) -> model::Measurement {
+    model::Measurement {
+        unit: m.unit.clone(),
+        min: m.min,
+        max: m.max,
+        data_type: m.data_type.map(data_type),
+        phases: m.phases.clone(),
+        components: m
+            .components
+            .iter()
+            .map(|(name, c)| (name.clone(), component(c)))
+            .collect(),
+        valid_values: valid_values(&m.valid_values),
+    }
+}
+
+fn component(c: &MeasurementComponent) -> model::MeasurementComponent {
+    model::MeasurementComponent {
+        unit: c.unit.clone(),
+        min: c.min,
+        max: c.max,
+        data_type: c.data_type.map(data_type),
+        valid_values: valid_values(&c.valid_values),
+    }
+}
+
+fn valid_values(values: &[IntOrString]) -> Vec<model::ValidValue> {
+    values
+        .iter()
+        .map(|v| match v {
+            IntOrString::Int(i) => model::ValidValue::Int(*i),
+            IntOrString::String(s) => model::ValidValue::String(s.clone()),
+        })
+        .collect()
+}
+
+fn data_type(t: DataType) -> model::DataType {
+    match t {
+        DataType::Float => model::DataType::Float,
+        DataType::Integer => model::DataType::Integer,
+        DataType::Boolean => model::DataType::Boolean,
+        DataType::String => model::DataType::String,
+    }
+}
+
+fn validation(v: ValidationMode) -> model::ValidationMode {
+    match v {
+        ValidationMode::Off => model::ValidationMode::Off,
+        ValidationMode::Flag => model::ValidationMode::Flag,
+        ValidationMode::DeadLetter => model::ValidationMode::DeadLetter,
+    }
+}
+
+fn platform(p: Platform) -> model::Platform {
+    match p {
+        Platform::Web => model::Platform::Web,
+        Platform::Mobile => model::Platform::Mobile,
+        Platform::Desktop => model::Platform::Desktop,
+        Platform::Api => model::Platform::Api,
+    }
 }
 
 #[cfg(test)]
@@ -469,15 +436,5 @@ mod tests {
         assert_eq!(entry.source, "default/breaker");
         assert_eq!(entry.topics.raw, "staging.smart_breaker.raw");
         assert_eq!(registry.topics.deadletter, "staging.deadletter");
-    }
-
-    #[test]
-    fn topic_prefixes() {
-        for good in ["iot", "iot-staging", "IoT_2"] {
-            assert!(is_valid_topic_prefix(good), "{good}");
-        }
-        for bad in ["", "iot.prod", "iot prod", "iot/x"] {
-            assert!(!is_valid_topic_prefix(bad), "{bad}");
-        }
     }
 }

@@ -469,7 +469,7 @@ async fn kafka_pass_through(total: usize) -> f64 {
             .unwrap()
     };
     // A payload of the size of a simulated breaker telemetry message.
-    let payload = iot_workers::catalog::fixtures::SEED_RAW.as_bytes().to_vec();
+    let payload = common::fixtures::SEED_RAW.as_bytes().to_vec();
     let fill = producer("true");
     let keys: Vec<String> = (0..20).map(|d| format!("breaker-{d:03}")).collect();
     let mut pending = FuturesUnordered::new();

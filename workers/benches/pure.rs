@@ -3,12 +3,15 @@
 //! implied single-core rate. A plain timing loop (no benchmark framework) keeps the dependency
 //! tree small; each figure is the best of five rounds.
 
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use fastrand::Rng;
+use fixtures::{SEED_RAW, sample_registry};
 use iot_workers::catalog::Catalog;
-use iot_workers::catalog::fixtures::{SEED_RAW, sample_registry};
 use iot_workers::enrich::{self, Outcome, RecordInfo};
 use iot_workers::quality;
 use iot_workers::route;

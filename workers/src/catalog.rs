@@ -5,23 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use iot_operator::crd::{
-    Measurement, TopicNames, ValidationMode, all_enriched_topic, deadletter_topic,
+use iot_model::naming::{TopicNames, all_enriched_topic, deadletter_topic};
+use iot_model::registry::{
+    Measurement, Registry, RegistryDeviceType, RegistryError, ValidationMode,
 };
-use iot_operator::registry::{FORMAT_VERSION, Registry, RegistryDeviceType};
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
-
-/// Why a registry document cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("registry is not valid JSON of the expected shape: {0}")]
-    Parse(#[from] serde_json::Error),
-    #[error(
-        "registry format version {found} is not supported (this worker reads version {FORMAT_VERSION})"
-    )]
-    Version { found: u32 },
-}
 
 /// Everything the data path needs to know about one registered device type.
 #[derive(Debug)]
@@ -58,14 +47,8 @@ pub struct Catalog {
 impl Catalog {
     /// Parses and compiles a `registry.json` document. Topic names are derived from `prefix`, the
     /// worker's own `IOT_TOPIC_PREFIX`.
-    pub fn from_json(bytes: &[u8], prefix: &str) -> Result<Self, CatalogError> {
-        let registry: Registry = serde_json::from_slice(bytes)?;
-        if registry.version != FORMAT_VERSION {
-            return Err(CatalogError::Version {
-                found: registry.version,
-            });
-        }
-        Ok(Self::from_registry(&registry, prefix))
+    pub fn from_json(bytes: &[u8], prefix: &str) -> Result<Self, RegistryError> {
+        Ok(Self::from_registry(&Registry::from_json(bytes)?, prefix))
     }
 
     /// Compiles a registry.
@@ -87,19 +70,7 @@ impl Catalog {
 
     /// A catalog without device types: every message is dead-lettered as unregistered.
     pub fn empty(prefix: &str) -> Self {
-        Self::from_registry(
-            &Registry {
-                version: FORMAT_VERSION,
-                topic_prefix: prefix.to_string(),
-                topics: iot_operator::registry::SharedTopics {
-                    enriched: all_enriched_topic(prefix),
-                    deadletter: deadletter_topic(prefix),
-                },
-                device_types: BTreeMap::new(),
-                skipped: Vec::new(),
-            },
-            prefix,
-        )
+        Self::from_registry(&Registry::empty(prefix), prefix)
     }
 
     /// The registered device type `id`.
@@ -156,50 +127,10 @@ fn type_context(dt: &RegistryDeviceType, prefix: &str) -> TypeContext {
     }
 }
 
-/// Test fixtures: the registry of `deploy/samples/` (the seed's three device types and three
-/// applications), built by the operator's own code.
-#[doc(hidden)]
-pub mod fixtures {
-    use std::path::PathBuf;
-
-    use iot_operator::crd::manifests;
-    use iot_operator::registry::{Registry, build_registry};
-
-    /// The raw message of the seed's README (`SEED_README.md`), byte for byte.
-    pub const SEED_RAW: &str = r#"{
-  "device_id": "breaker-001",
-  "device_type": "smart_breaker",
-  "timestamp": "2025-08-20T18:00:54.117782Z",
-  "event_type": "telemetry",
-  "measurements": {
-    "voltage": {"phase_a": 117.27, "phase_b": 112.34, "phase_c": 114.52, "unit": "V"},
-    "current": {"phase_a": 69.94, "phase_b": 33.83, "phase_c": 54.86, "unit": "A"},
-    "power": {"active": 5775.99, "reactive": 1945.16, "apparent": 6094.73, "factor": 0.948, "unit": "W"},
-    "frequency": {"value": 59.28, "unit": "Hz"},
-    "temperature": {"value": 34.92, "unit": "°C"},
-    "status": {"breaker": 1, "position": 1, "communication": 1},
-    "protection": {"trip_count": 5, "ground_fault_current": 0.0, "arc_fault_detected": false},
-    "operational": {"load_percentage": 48.1, "operating_hours": 982.8, "maintenance_due": true}
-  }
-}"#;
-
-    /// `deploy/samples/` of this repository.
-    pub fn samples_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples")
-    }
-
-    /// The registry the operator builds from `deploy/samples/` under `prefix`.
-    pub fn sample_registry(prefix: &str) -> Registry {
-        let mut loaded = manifests::load(&samples_dir()).expect("deploy/samples loads");
-        loaded.default_namespace(iot_operator::registry::DEFAULT_NAMESPACE);
-        build_registry(&loaded.device_types, &loaded.applications, prefix)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::sample_registry;
     use super::*;
+    use crate::fixtures::sample_registry;
 
     #[test]
     fn compiles_the_sample_registry() {
@@ -246,11 +177,11 @@ mod tests {
         let bytes = serde_json::to_vec(&registry).unwrap();
         assert!(matches!(
             Catalog::from_json(&bytes, "iot"),
-            Err(CatalogError::Version { found: 99 })
+            Err(RegistryError::Version { found: 99 })
         ));
         assert!(matches!(
             Catalog::from_json(b"{", "iot"),
-            Err(CatalogError::Parse(_))
+            Err(RegistryError::Parse(_))
         ));
         let empty = Catalog::empty("iot");
         assert!(empty.get("smart_breaker").is_none());

@@ -99,7 +99,7 @@ pub fn check_topic_root(root: &str) -> anyhow::Result<()> {
 /// Checks a topic prefix as the operator does.
 pub fn check_topic_prefix(prefix: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        iot_operator::registry::is_valid_topic_prefix(prefix),
+        iot_model::naming::is_valid_topic_prefix(prefix),
         "topic prefix {prefix:?}: use 1-100 characters of [a-zA-Z0-9_-]"
     );
     Ok(())
@@ -134,12 +134,7 @@ mod tests {
 
     #[test]
     fn the_default_registry_file_is_where_the_operator_mounts_it() {
-        use iot_operator::controller::deployment::REGISTRY_MOUNT;
-        use iot_operator::registry::CONFIG_MAP_KEY;
-        assert_eq!(
-            DEFAULT_REGISTRY_FILE,
-            format!("{REGISTRY_MOUNT}/{CONFIG_MAP_KEY}")
-        );
+        assert_eq!(DEFAULT_REGISTRY_FILE, iot_model::registry::mounted_file());
     }
 
     #[test]

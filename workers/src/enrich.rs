@@ -5,7 +5,7 @@
 //! without the seed's defects: RFC 3339 UTC times, no application secrets, and the four blocks are
 //! replaced rather than nested when a message passes through twice (no unbounded growth).
 
-use iot_operator::crd::ValidationMode;
+use iot_model::registry::ValidationMode;
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -206,11 +206,7 @@ fn data_quality(
         measurements_complete: None,
         measurements_present: None,
         measurements_declared: None,
-        validation: match context.validation {
-            ValidationMode::Off => "Off",
-            ValidationMode::Flag => "Flag",
-            ValidationMode::DeadLetter => "DeadLetter",
-        },
+        validation: context.validation.as_str(),
         within_ranges: None,
         out_of_range: None,
         enrichment_success: true,
@@ -240,12 +236,12 @@ fn data_quality(
 
 #[cfg(test)]
 mod tests {
-    use iot_operator::registry::Registry;
+    use iot_model::registry::Registry;
 
     use serde_json::json;
 
     use super::*;
-    use crate::catalog::fixtures::{SEED_RAW, sample_registry};
+    use crate::fixtures::{SEED_RAW, sample_registry};
 
     fn now() -> Timestamp {
         "2025-08-20T18:00:55Z".parse().unwrap()

@@ -34,12 +34,6 @@ pub fn producer_config(kafka: &KafkaArgs, client_id: &str) -> ClientConfig {
     config
 }
 
-/// Consumer group of the enrichment, e.g. `iot.smart_breaker.enrichment`: the operator's name,
-/// which it also passes as `IOT_CONSUMER_GROUP` and reads the lag of.
-pub fn enrichment_group(prefix: &str, device_type: &str) -> String {
-    iot_operator::controller::config::enrichment_group(prefix, device_type)
-}
-
 /// One record to produce.
 #[derive(Clone, Debug)]
 pub struct OutRecord {
@@ -279,10 +273,6 @@ mod tests {
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("linger.ms"), Some("2"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
-        assert_eq!(
-            enrichment_group("iot", "smart_meter"),
-            "iot.smart_meter.enrichment"
-        );
     }
 
     #[test]

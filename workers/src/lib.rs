@@ -16,6 +16,9 @@ pub mod clock;
 pub mod dashboard;
 pub mod enrich;
 pub mod enrichment;
+#[cfg(test)]
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;

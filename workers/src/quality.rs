@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use iot_operator::crd::{DataType, Measurement};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use iot_model::registry::{DataType, Measurement, ValidValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -77,7 +76,7 @@ struct Expect<'a> {
     min: Option<f64>,
     max: Option<f64>,
     data_type: Option<DataType>,
-    valid_values: &'a [IntOrString],
+    valid_values: &'a [ValidValue],
 }
 
 /// Checks every declared measurement present in `measurements`; undeclared ones are ignored
@@ -189,17 +188,17 @@ fn check_value(
     }
 }
 
-fn matches(valid: &IntOrString, value: &Value) -> bool {
+fn matches(valid: &ValidValue, value: &Value) -> bool {
     match valid {
-        IntOrString::Int(i) => value.as_f64() == Some(f64::from(*i)),
-        IntOrString::String(s) => value.as_str() == Some(s.as_str()),
+        ValidValue::Int(i) => value.as_f64() == Some(f64::from(*i)),
+        ValidValue::String(s) => value.as_str() == Some(s.as_str()),
     }
 }
 
-fn int_or_string_json(v: &IntOrString) -> Value {
+fn int_or_string_json(v: &ValidValue) -> Value {
     match v {
-        IntOrString::Int(i) => Value::from(*i),
-        IntOrString::String(s) => Value::from(s.as_str()),
+        ValidValue::Int(i) => Value::from(*i),
+        ValidValue::String(s) => Value::from(s.as_str()),
     }
 }
 
@@ -208,7 +207,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     fn declared(id: &str) -> BTreeMap<String, Measurement> {
         sample_registry("iot").device_types[id].measurements.clone()

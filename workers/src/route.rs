@@ -230,7 +230,7 @@ pub fn deadletter_payload(payload: &[u8], reason: Reason) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     fn catalog() -> Catalog {
         Catalog::from_registry(&sample_registry("iot"), "iot")

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iot_operator::admin::{self, Liveness, Readiness};
+use iot_process::admin::{self, Liveness, Readiness};
 use tokio::sync::watch;
 
 /// A flag that is set once and can be awaited.
@@ -62,7 +62,7 @@ impl Lifecycle {
         let (stop_tx, stop) = flag();
         let (abort_tx, abort) = flag();
         tokio::spawn(async move {
-            iot_operator::telemetry::shutdown_signal().await;
+            iot_process::telemetry::shutdown_signal().await;
             stop_tx.set();
             tokio::time::sleep(grace).await;
             tracing::warn!(?grace, "grace period over, abandoning in-flight messages");

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iot_testkit::{create_topic, kafka_bootstrap, unique_name};
-use iot_workers::catalog::fixtures::sample_registry;
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::sample_registry;
 use iot_workers::cli::{KafkaArgs, RegistryArgs};
 use iot_workers::dashboard::{self, DashboardArgs};
 use iot_workers::runtime;

@@ -7,10 +7,9 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use common::fixtures::SEED_RAW;
 use common::{DEVICE_TYPES, Installation, Record};
-use iot_operator::crd::{Platform, ValidationMode};
-use iot_operator::registry::RegistryApplication;
-use iot_workers::catalog::fixtures::SEED_RAW;
+use iot_model::registry::{Platform, RegistryApplication, ValidationMode};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(60);

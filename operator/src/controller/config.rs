@@ -53,13 +53,8 @@ impl OperatorConfig {
 
     /// Consumer group of the enrichment workers of device type `id`; the operator reads its lag.
     pub fn enrichment_group(&self, id: &str) -> String {
-        enrichment_group(&self.topic_prefix, id)
+        iot_model::naming::enrichment_group(&self.topic_prefix, id)
     }
-}
-
-/// Consumer group of the enrichment workers of device type `id` under `prefix`.
-pub fn enrichment_group(prefix: &str, id: &str) -> String {
-    format!("{prefix}.{id}.enrichment")
 }
 
 /// The worker image when none is configured.

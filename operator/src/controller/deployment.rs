@@ -19,12 +19,10 @@ use kube::{Resource, ResourceExt};
 
 use super::config::OperatorConfig;
 use crate::crd::DeviceType;
-use crate::registry::CONFIG_MAP_KEY;
+use iot_model::registry::{MOUNT_DIR, mounted_file};
 
 /// Port of the worker's admin endpoint (`/livez`, `/readyz`, `/metrics`).
 pub const ADMIN_PORT: i32 = 9102;
-/// Where the registry ConfigMap is mounted in the enrichment pods.
-pub const REGISTRY_MOUNT: &str = "/etc/iot-cloud";
 /// Label with the device-type id on everything the operator creates for a DeviceType.
 pub const DEVICE_TYPE_LABEL: &str = "iotcloud.dev/device-type";
 
@@ -78,10 +76,7 @@ pub fn desired_enrichment_deployment(
             env("IOT_KAFKA_BOOTSTRAP", config.kafka_bootstrap.clone()),
             env("IOT_TOPIC_PREFIX", config.topic_prefix.clone()),
             env("IOT_CONSUMER_GROUP", config.enrichment_group(id)),
-            env(
-                "IOT_REGISTRY_FILE",
-                format!("{REGISTRY_MOUNT}/{CONFIG_MAP_KEY}"),
-            ),
+            env("IOT_REGISTRY_FILE", mounted_file()),
             env("IOT_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         ]),
         ports: Some(vec![ContainerPort {
@@ -114,7 +109,7 @@ pub fn desired_enrichment_deployment(
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: "registry".into(),
-            mount_path: REGISTRY_MOUNT.into(),
+            mount_path: MOUNT_DIR.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         }]),

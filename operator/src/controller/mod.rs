@@ -24,11 +24,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::admin::Readiness;
 use crate::crd::{Application, DeviceType, all_enriched_topic, deadletter_topic};
 use crate::kafka::topics::{DesiredTopic, TopicAdmin, TopicOutcome};
 pub use config::OperatorConfig;
 use error::Error;
+use iot_process::admin::Readiness;
 pub use metrics::Metrics;
 use scaling::DownscaleWindow;
 

@@ -10,8 +10,8 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 
 use super::{Context, FIELD_MANAGER};
-use crate::admin::Readiness;
 use crate::registry::{CONFIG_MAP_KEY, build_registry};
+use iot_process::admin::Readiness;
 
 /// How often the caches are compared with the last written registry. Building it is cheap (a few
 /// microseconds per DeviceType); the write only happens when the bytes change.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use iot_model::registry as model;
 use kube::ResourceExt;
 use kube::core::cel::validate_cel;
 
@@ -123,12 +124,12 @@ fn the_registry_of_the_samples_matches_the_seed() {
     );
 
     for (id, app, platform) in [
-        ("smart_breaker", "iot/smart-grid-monitor", Platform::Web),
-        ("smart_meter", "iot/energy-analytics", Platform::Mobile),
+        ("smart_breaker", "iot/smart-grid-monitor", model::Platform::Web),
+        ("smart_meter", "iot/energy-analytics", model::Platform::Mobile),
         (
             "environmental_sensor",
             "iot/environmental-tracker",
-            Platform::Desktop,
+            model::Platform::Desktop,
         ),
     ] {
         let entry = &registry.device_types[id];

@@ -1,44 +1,11 @@
-//! Kafka topic naming and the retention syntax of `spec.topics.retention`.
-//!
-//! Topic names keep the seed's scheme (`iot.smart_breaker.enriched`) with a configurable prefix,
-//! so that two installations can share one broker.
+//! Topic names (defined in `iot_model::naming`, re-exported here) and the retention syntax of
+//! `spec.topics.retention`.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+pub use iot_model::naming::{TopicNames, all_enriched_topic, deadletter_topic};
 
 /// The schema pattern of `spec.topics.retention`: `-1` (keep forever), a number of milliseconds,
 /// or a number with a unit `ms`, `s`, `m`, `h`, `d` or `w`.
 pub const RETENTION_PATTERN: &str = "^(-1|[0-9]+(ms|s|m|h|d|w)?)$";
-
-/// The per-device-type topics.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TopicNames {
-    /// Topic the bridge writes raw device messages to, e.g. `iot.smart_breaker.raw`.
-    pub raw: String,
-    /// Topic the enrichment writes enriched messages to, e.g. `iot.smart_breaker.enriched`.
-    pub enriched: String,
-}
-
-impl TopicNames {
-    /// The topics of device type `id` under `prefix`.
-    pub fn for_device_type(prefix: &str, id: &str) -> Self {
-        Self {
-            raw: format!("{prefix}.{id}.raw"),
-            enriched: format!("{prefix}.{id}.enriched"),
-        }
-    }
-}
-
-/// The topic with the enriched messages of all device types, e.g. `iot.enriched`.
-pub fn all_enriched_topic(prefix: &str) -> String {
-    format!("{prefix}.enriched")
-}
-
-/// The dead-letter topic, e.g. `iot.deadletter`.
-pub fn deadletter_topic(prefix: &str) -> String {
-    format!("{prefix}.deadletter")
-}
 
 /// A retention value that does not follow [`RETENTION_PATTERN`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,15 +45,6 @@ pub fn parse_retention_ms(value: &str) -> Result<i64, RetentionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_names_follow_the_seed_scheme() {
-        let topics = TopicNames::for_device_type("iot", "smart_breaker");
-        assert_eq!(topics.raw, "iot.smart_breaker.raw");
-        assert_eq!(topics.enriched, "iot.smart_breaker.enriched");
-        assert_eq!(all_enriched_topic("iot"), "iot.enriched");
-        assert_eq!(deadletter_topic("staging"), "staging.deadletter");
-    }
 
     #[test]
     fn retention_units() {

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use iot_operator::admin::Readiness;
 use iot_operator::controller::{self, Metrics, OperatorConfig};
 use iot_operator::crd::{Application, DeviceType, manifests::Manifests};
 use iot_operator::kafka::topics::{ObservedTopic, TopicAdmin};
+use iot_process::admin::Readiness;
 use iot_testkit::{TestNamespace, kafka_bootstrap, kube_client};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};

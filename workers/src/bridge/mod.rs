@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use iot_operator::admin::{Liveness, Readiness};
+use iot_process::admin::{Liveness, Readiness};
 use prometheus::IntGauge;
 use rdkafka::producer::{FutureProducer, Producer};
 use rumqttc::Outgoing;

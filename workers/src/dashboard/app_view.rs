@@ -351,9 +351,9 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
     use crate::dashboard::layout::Layout;
     use crate::dashboard::message::parse;
+    use crate::fixtures::sample_registry;
 
     const T0: i64 = 1_700_000_000_000;
 

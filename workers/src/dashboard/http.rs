@@ -275,9 +275,9 @@ async fn stream(State(s): State<AppState>, Query(q): Query<StreamQuery>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
     use crate::dashboard::hub::{KafkaStatus, RegistryStatus};
     use crate::dashboard::layout::Layout;
+    use crate::fixtures::sample_registry;
 
     fn follow(hub: &Arc<Hub>, id: StreamId) -> Follow {
         let (rx, first) = hub.subscribe(&id, 0).unwrap();

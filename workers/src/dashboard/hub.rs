@@ -348,7 +348,7 @@ fn registry_view(inner: &Inner) -> RegistryView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     const T0: i64 = 1_700_000_000_000;
     const GRID: &str = "default/smart-grid-monitor";

@@ -8,8 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use iot_operator::crd::{DataType, Measurement, all_enriched_topic, deadletter_topic};
-use iot_operator::registry::{Registry, RegistryApplication, RegistryDeviceType};
+use iot_model::naming::{all_enriched_topic, deadletter_topic};
+use iot_model::registry::{
+    DataType, Measurement, Registry, RegistryApplication, RegistryDeviceType,
+};
 use serde::{Serialize, Serializer};
 
 /// The device type that gets the seed's Smart Grid view (voltage, current, power, temperature).
@@ -304,7 +306,7 @@ pub fn fields(measurements: &BTreeMap<String, Measurement>) -> Vec<FieldSpec> {
 
 #[cfg(test)]
 mod tests {
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     use super::*;
 

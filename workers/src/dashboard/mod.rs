@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use iot_operator::admin::{self, Readiness};
+use iot_process::admin::{self, Readiness};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iot_operator::registry::{FORMAT_VERSION, Registry};
+use iot_model::registry::Registry;
 
 use super::hub::{Hub, RegistryStatus};
 use super::layout::Layout;
@@ -21,15 +21,11 @@ pub enum RegistryError {
     Missing(String),
     #[error("cannot read registry file {path}: {error}")]
     Read { path: String, error: std::io::Error },
-    #[error("registry file {path} is not a registry document: {error}")]
-    Parse {
+    #[error("registry file {path}: {error}")]
+    Invalid {
         path: String,
-        error: serde_json::Error,
+        error: iot_model::registry::RegistryError,
     },
-    #[error(
-        "registry file {path} has format version {found}; this dashboard reads version {FORMAT_VERSION}"
-    )]
-    Version { path: String, found: u32 },
 }
 
 impl RegistryError {
@@ -43,18 +39,10 @@ impl RegistryError {
 
 /// Parses a registry document.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Registry, RegistryError> {
-    let registry: Registry =
-        serde_json::from_slice(bytes).map_err(|error| RegistryError::Parse {
-            path: path.display().to_string(),
-            error,
-        })?;
-    if registry.version != FORMAT_VERSION {
-        return Err(RegistryError::Version {
-            path: path.display().to_string(),
-            found: registry.version,
-        });
-    }
-    Ok(registry)
+    Registry::from_json(bytes).map_err(|error| RegistryError::Invalid {
+        path: path.display().to_string(),
+        error,
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
@@ -142,7 +130,7 @@ pub async fn watch(path: PathBuf, prefix: String, poll: Duration, hub: Arc<Hub>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     #[test]
     fn missing_broken_and_good_files() {
@@ -161,7 +149,7 @@ mod tests {
         std::fs::write(&path, b"{").unwrap();
         let (layout, status) = load(&path, "p");
         assert!(layout.is_err());
-        assert!(status.error.unwrap().contains("not a registry document"));
+        assert!(status.error.unwrap().contains("not valid JSON"));
 
         let mut registry = sample_registry("p");
         registry.version = 99;

@@ -23,7 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use iot_operator::admin::Readiness;
+use iot_model::naming::{self, device_type_of_raw_topic};
+use iot_process::admin::Readiness;
 use jiff::Timestamp;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -96,9 +97,9 @@ pub struct EnrichmentArgs {
 
 impl EnrichmentArgs {
     pub fn group(&self) -> String {
-        self.group
-            .clone()
-            .unwrap_or_else(|| kafka::enrichment_group(&self.kafka.topic_prefix, &self.device_type))
+        self.group.clone().unwrap_or_else(|| {
+            naming::enrichment_group(&self.kafka.topic_prefix, &self.device_type)
+        })
     }
 }
 
@@ -114,14 +115,6 @@ pub fn raw_topics(catalog: &Catalog, device_type: &str, prefix: &str) -> BTreeSe
         // Even before the type is registered: its records are then dead-lettered, not left behind.
         BTreeSet::from([format!("{prefix}.{device_type}.raw")])
     }
-}
-
-/// The device type whose raw topic `topic` is (`iot.smart_meter.raw` -> `smart_meter`).
-pub fn device_type_of_raw_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
-    topic
-        .strip_prefix(prefix)?
-        .strip_prefix('.')?
-        .strip_suffix(".raw")
 }
 
 /// What both modes share once the process is set up.
@@ -388,7 +381,7 @@ mod tests {
     use rdkafka::message::{Header, OwnedHeaders};
 
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
 
     #[test]
     fn topics_for_one_type_or_all() {
@@ -408,22 +401,6 @@ mod tests {
         assert_eq!(
             raw_topics(&Catalog::empty("t1"), "new_type", "t1"),
             BTreeSet::from(["t1.new_type.raw".to_string()])
-        );
-    }
-
-    #[test]
-    fn device_type_from_the_raw_topic() {
-        assert_eq!(
-            device_type_of_raw_topic("iot", "iot.smart_meter.raw"),
-            Some("smart_meter")
-        );
-        assert_eq!(
-            device_type_of_raw_topic("iot", "iot2.smart_meter.raw"),
-            None
-        );
-        assert_eq!(
-            device_type_of_raw_topic("iot", "iot.smart_meter.enriched"),
-            None
         );
     }
 

@@ -292,7 +292,7 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::sample_registry;
+    use crate::fixtures::sample_registry;
     use crate::quality;
 
     fn t(s: &str) -> Timestamp {

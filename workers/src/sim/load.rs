@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use fastrand::Rng;
-use iot_operator::admin::Readiness;
+use iot_process::admin::Readiness;
 use serde::Serialize;
 
 use super::conn::{DeviceConn, Target};

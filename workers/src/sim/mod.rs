@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Args;
 use fastrand::Rng;
-use iot_operator::admin::Readiness;
+use iot_process::admin::Readiness;
 use rumqttc::{LastWill, QoS};
 
 use self::conn::{DeviceConn, Target};

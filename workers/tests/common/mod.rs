@@ -3,6 +3,7 @@
 //! the `iot-worker` binary as child processes, and a Kafka collector to wait on.
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod loss;
 
 use std::collections::HashMap;
@@ -13,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iot_operator::registry::Registry;
+use fixtures::sample_registry;
+use iot_model::registry::Registry;
 use iot_testkit::{create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name};
-use iot_workers::catalog::fixtures::sample_registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
