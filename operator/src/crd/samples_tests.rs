@@ -124,8 +124,16 @@ fn the_registry_of_the_samples_matches_the_seed() {
     );
 
     for (id, app, platform) in [
-        ("smart_breaker", "iot/smart-grid-monitor", model::Platform::Web),
-        ("smart_meter", "iot/energy-analytics", model::Platform::Mobile),
+        (
+            "smart_breaker",
+            "iot/smart-grid-monitor",
+            model::Platform::Web,
+        ),
+        (
+            "smart_meter",
+            "iot/energy-analytics",
+            model::Platform::Mobile,
+        ),
         (
             "environmental_sensor",
             "iot/environmental-tracker",
