@@ -6,21 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -a SUMMARY=()
-stage() { # stage NAME COMMAND...
-  local name=$1 start=$SECONDS rc=0
-  shift
-  printf '\n==> %s\n' "$name" >&2
-  "$@" || rc=$?
-  local outcome="done" line
-  ((rc == 0)) || outcome="FAILED ($rc)"
-  line=$(printf '%-40s %5d s  %s' "$name" $((SECONDS - start)) "$outcome")
-  SUMMARY+=("$line")
-  printf '==> %s: %s in %d s\n' "$name" "$outcome" $((SECONDS - start)) >&2
-  return "$rc"
-}
+# shellcheck source=deploy/stage.sh
+source deploy/stage.sh
 
+# The stage runner itself first: a test command that cannot fail is worse than none.
+stage "stage runner self-test" deploy/stage-test.sh
 stage "test environment up" deploy/testenv/up.sh
+if ((STATUS != 0)); then
+  stage_summary
+  exit "$STATUS"
+fi
 # shellcheck source=/dev/null
 source deploy/testenv/.run/env
 
@@ -40,15 +35,18 @@ cargo_tests() {
 
 stage "cluster smoke (kubectl, helm, promtool)" cluster_smoke
 stage "cargo build (tests)" cargo build --locked --workspace --all-targets
-status=0
-stage "cargo test (unit + integration)" cargo_tests || status=$?
-stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh || status=$?
+if ((STATUS != 0)); then
+  stage_summary
+  exit "$STATUS"
+fi
+stage "cargo test (unit + integration)" cargo_tests
+stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh
 E2E_LOG=$(mktemp)
 browser_tests() {
   deploy/e2e/run.sh 2>&1 | tee "$E2E_LOG"
   return "${PIPESTATUS[0]}"
 }
-stage "browser end-to-end (dashboard in Chromium)" browser_tests || status=$?
+stage "browser end-to-end (dashboard in Chromium)" browser_tests
 # The whole platform as a user runs it without a cluster: the live operator with deploy/samples/
 # applied, simulator, bridge, one enrichment per type and the dashboard as processes.
 local_platform() {
@@ -57,13 +55,12 @@ local_platform() {
   deploy/local-run.sh down
   return "$rc"
 }
-stage "platform end to end (deploy/local-run.sh)" local_platform || status=$?
-if ((status == 0)); then
-  stage "missing services fail loudly" deploy/testenv/check-missing-services.sh || status=$?
+stage "platform end to end (deploy/local-run.sh)" local_platform
+if ((STATUS == 0)); then
+  stage "missing services fail loudly" deploy/testenv/check-missing-services.sh
 fi
 
-printf '\nStage durations:\n' >&2
-printf '  %s\n' "${SUMMARY[@]}" >&2
+stage_summary
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
   if ($(i + 1) ~ /^passed;/) p += $i; if ($(i + 1) ~ /^failed;/) f += $i } }
   END { print p + 0, f + 0 }' "$TEST_LOG")
@@ -74,4 +71,4 @@ failed=$((failed + ${e2e_failed:-0}))
 rm -f "$TEST_LOG" "$E2E_LOG"
 # The closing line CI reads.
 echo "tests: $passed passed, $failed failed"
-exit "$status"
+exit "$STATUS"
