@@ -12,6 +12,7 @@ use iot_operator::registry::{CONFIG_MAP_KEY, Registry};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
 use kube::{Api, ResourceExt};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
@@ -122,6 +123,18 @@ async fn samples_reconcile_to_ready_with_topics_deployments_and_registry() {
     .await;
     let registry = registry_of(&registry).unwrap();
     assert_eq!(registry.topic_prefix, h.config.topic_prefix);
+
+    // An edited or deleted registry is put back within 5 seconds.
+    let mut edited = cms.get("iot-registry").await.unwrap();
+    edited.data = Some([(CONFIG_MAP_KEY.to_string(), "{}".to_string())].into());
+    cms.replace("iot-registry", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    restored_within_5s(&cms, &registry).await;
+    cms.delete("iot-registry", &DeleteParams::default())
+        .await
+        .unwrap();
+    restored_within_5s(&cms, &registry).await;
     assert_eq!(
         registry.device_types["smart_breaker"].applications[0].display_name,
         "Smart Grid Monitor"
@@ -177,6 +190,23 @@ async fn samples_reconcile_to_ready_with_topics_deployments_and_registry() {
     })
     .await;
     h.stop().await;
+}
+
+/// Waits (at most 5 s) until ConfigMap `iot-registry` holds `expected` again.
+async fn restored_within_5s(cms: &Api<ConfigMap>, expected: &Registry) {
+    let started = std::time::Instant::now();
+    let back = |cm: Option<&ConfigMap>| cm.and_then(registry_of).as_ref() == Some(expected);
+    let restored = tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(cms.clone(), "iot-registry", back),
+    )
+    .await;
+    assert!(
+        matches!(restored, Ok(Ok(Some(_)))),
+        "iot-registry was not put back within 5 s: {:?}",
+        cms.get_opt("iot-registry").await
+    );
+    println!("iot-registry put back after {:?}", started.elapsed());
 }
 
 fn registry_of(cm: &ConfigMap) -> Option<Registry> {
