@@ -29,12 +29,14 @@ cluster_smoke() {
 TEST_LOG=$(mktemp)
 cargo_tests() {
   # Unit and integration tests of every crate (doc-tests have none worth the compile time).
-  cargo test --locked --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee "$TEST_LOG"
+  # The integration tier too: `cargo test-integration` (.cargo/config.toml) is `cargo test` with
+  # every crate's `integration` feature.
+  cargo test-integration --lib --bins --tests --no-fail-fast 2>&1 | tee "$TEST_LOG"
   return "${PIPESTATUS[0]}"
 }
 
 stage "cluster smoke (kubectl, helm, promtool)" cluster_smoke
-stage "cargo build (tests)" cargo build --locked --workspace --all-targets
+stage "cargo build (tests)" cargo build --locked --workspace --all-targets --all-features
 if ((STATUS != 0)); then
   stage_summary
   exit "$STATUS"

@@ -8,9 +8,9 @@ cd "$REPO_ROOT"
 
 # service | cargo test arguments | text the failure must contain
 checks=(
-  "mosquitto|-p iot-testkit --test mqtt|Mosquitto (the MQTT broker) at"
-  "kafka|-p iot-operator --test kafka_lag|Kafka at"
-  "kube-apiserver|-p iot-testkit --test kubernetes|Kubernetes API server at"
+  "mosquitto|-p iot-testkit --features integration --test mqtt|Mosquitto (the MQTT broker) at"
+  "kafka|-p iot-operator --features integration --test kafka_lag|Kafka at"
+  "kube-apiserver|-p iot-testkit --features integration --test kubernetes|Kubernetes API server at"
 )
 
 failed=0

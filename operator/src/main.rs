@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use iot_operator::{controller, crd, registry};
 use iot_process::{admin, telemetry};
+use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator for IoT Cloud.
 #[derive(Debug, Parser)]
@@ -119,30 +120,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = controller::Metrics::new();
     let readiness = admin::Readiness::default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
+    // Cancelled by SIGTERM / Ctrl-C, or when leadership is lost.
+    let stop = CancellationToken::new();
     let admin_task = admin::serve(
         args.admin_addr,
         admin::router(readiness.clone(), metrics.registry.clone()),
-        admin_stop,
+        stop.clone().cancelled_owned(),
     )
     .await
     .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
-    let controllers_stop = {
-        let mut rx = stop_rx;
+    tokio::spawn({
+        let stop = stop.clone();
         async move {
-            let _ = rx.wait_for(|v| *v).await;
+            telemetry::shutdown_signal().await;
+            stop.cancel();
         }
-    };
-    let signal_tx = stop_tx.clone();
-    tokio::spawn(async move {
-        telemetry::shutdown_signal().await;
-        let _ = signal_tx.send(true);
     });
     let mut lost = None;
     if args.leader_elect {
@@ -157,14 +149,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let lost_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         lost = Some(lost_flag.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
             if lost_rx.wait_for(|v| *v).await.is_ok() {
                 lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                let _ = stop_tx.send(true);
+                stop.cancel();
             }
         });
     }
-    controller::run(client, config, metrics, readiness, controllers_stop).await?;
+    controller::run(
+        client,
+        config,
+        metrics,
+        readiness,
+        stop.clone().cancelled_owned(),
+    )
+    .await?;
     admin_task.await??;
     if lost.is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)) {
         anyhow::bail!("leadership lost; exiting so the replica restarts as a candidate");

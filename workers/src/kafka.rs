@@ -11,11 +11,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::KafkaArgs;
 use crate::metrics::PipelineMetrics;
 use crate::route::{self, Rejection};
-use crate::runtime::Flag;
 
 /// Producer settings that make a Kafka acknowledgement mean "stored": acks from all in-sync
 /// replicas, idempotence (no duplicates or reordering from the producer's own retries).
@@ -160,7 +160,7 @@ pub async fn deliver(
     record: &OutRecord,
     first: Result<DeliveryFuture, KafkaError>,
     metrics: &PipelineMetrics,
-    abort: &Flag,
+    abort: &CancellationToken,
 ) -> Result<Delivery, DeliveryError> {
     let mut attempt = first;
     let mut backoff = Duration::from_millis(100);
@@ -182,7 +182,7 @@ pub async fn deliver(
         metrics.produce_retries.inc();
         tracing::warn!(topic = %record.topic, key = %record.key, %error, ?backoff, "produce failed, retrying");
         tokio::select! {
-            () = abort.wait() => return Err(DeliveryError::Aborted),
+            () = abort.cancelled() => return Err(DeliveryError::Aborted),
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -196,7 +196,7 @@ pub fn watch_reachability(
     producer: FutureProducer,
     reachable: Arc<AtomicBool>,
     changed: impl Fn(bool) + Send + 'static,
-    done: Flag,
+    done: CancellationToken,
 ) {
     tokio::spawn(async move {
         loop {
@@ -218,7 +218,7 @@ pub fn watch_reachability(
                 Duration::from_secs(1)
             };
             tokio::select! {
-                () = done.wait() => return,
+                () = done.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
             }
         }

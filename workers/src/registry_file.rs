@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::metrics::PipelineMetrics;
-use crate::runtime::Flag;
 
 /// Reads and compiles the registry file.
 pub fn load(path: &Path, prefix: &str) -> anyhow::Result<(Vec<u8>, Catalog)> {
@@ -37,7 +37,7 @@ pub fn watch(
     prefix: String,
     poll: Duration,
     metrics: PipelineMetrics,
-    stop: Flag,
+    stop: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<Arc<Catalog>>> {
     let (mut last, catalog) = load(&path, &prefix)?;
     tracing::info!(
@@ -51,7 +51,7 @@ pub fn watch(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = stop.wait() => break,
+                () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let Ok(bytes) = std::fs::read(&path) else {

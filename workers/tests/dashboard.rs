@@ -18,13 +18,13 @@ mod fixtures;
 use fixtures::sample_registry;
 use iot_workers::cli::{KafkaArgs, RegistryArgs};
 use iot_workers::dashboard::{self, DashboardArgs};
-use iot_workers::runtime;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 const GRID: &str = "default/smart-grid-monitor";
 const WAIT: Duration = Duration::from_secs(45);
@@ -274,8 +274,9 @@ async fn wait_overview(addr: SocketAddr, what: &str, done: impl Fn(&Value) -> bo
     }
 }
 
-async fn start(inst: &Installation) -> (dashboard::Running, runtime::FlagSetter) {
-    let (stop_tx, stop) = runtime::flag();
+async fn start(inst: &Installation) -> (dashboard::Running, CancellationToken) {
+    let stop = CancellationToken::new();
+    let stop_tx = stop.clone();
     let args = DashboardArgs {
         kafka: KafkaArgs {
             kafka_bootstrap: inst.bootstrap.clone(),
@@ -478,7 +479,7 @@ async fn the_smart_grid_stream_carries_only_smart_breaker_data_while_all_types_f
         .await;
 
     // Stops with a stream still open.
-    stop.set();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), running.wait())
         .await
         .expect("the dashboard stops within 15 s with open streams")

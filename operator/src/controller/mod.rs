@@ -23,6 +23,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::crd::{Application, DeviceType, all_enriched_topic, deadletter_topic};
 use crate::kafka::topics::{DesiredTopic, TopicAdmin, TopicOutcome};
@@ -312,29 +313,28 @@ pub async fn run(
         },
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
+    let stop = CancellationToken::new();
     let dt_loop = dt_controller
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(device_type::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let app_loop = app_controller
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(application::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let registry_loop = registry_sync::run(ctx.clone(), readiness, stopped(stop_rx.clone()));
+    let registry_loop = registry_sync::run(ctx.clone(), readiness, stop.clone().cancelled_owned());
 
-    let mut grace_rx = stop_rx.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
     });
     // Running reconciles get a bounded grace period: a reconcile stuck on an unresponsive broker
     // or API server must not keep the process from stopping.
     let grace = async move {
-        let _ = grace_rx.wait_for(|v| *v).await;
+        stop.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let loops = async {

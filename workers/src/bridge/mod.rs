@@ -37,6 +37,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use self::carry::Incoming;
 use self::progress::Progress;
@@ -46,7 +47,7 @@ use crate::kafka;
 use crate::metrics::PipelineMetrics;
 use crate::registry_file;
 use crate::route::{self, Kind};
-use crate::runtime::{self, Flag, Lifecycle};
+use crate::runtime::{self, Lifecycle};
 
 /// Largest MQTT packet accepted from the broker: the protocol's maximum, so that an oversize
 /// payload is dead-lettered instead of breaking the connection (and coming back for ever).
@@ -115,7 +116,7 @@ struct Shared {
     metrics: PipelineMetrics,
     catalog: watch::Receiver<Arc<Catalog>>,
     max_payload_bytes: usize,
-    abort: Flag,
+    abort: CancellationToken,
     progress: Progress,
     /// Finished messages whose PUBACK is not queued yet (the drain waits for 0).
     acks_owed: AtomicU64,
@@ -229,15 +230,14 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
     let client_id = args.client_id();
     let metrics = PipelineMetrics::new("bridge");
     let health = Arc::new(Health::new(&metrics)?);
-    let (done_tx, done) = runtime::flag();
-    runtime::start_admin(
+    let started = runtime::start(
         args.admin_addr,
         health.readiness.clone(),
         health.liveness.clone(),
         metrics.registry.clone(),
-        done.clone(),
     )
     .await?;
+    let done = started.done.clone();
     let catalog = registry_file::watch(
         args.registry.registry_file.clone(),
         args.kafka.topic_prefix.clone(),
@@ -322,7 +322,7 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
     if let Err(e) = flushed {
         tracing::warn!(error = %e, "producer flush incomplete");
     }
-    done_tx.set();
+    drop(started);
     tracing::info!("bridge stopped");
     Ok(())
 }
@@ -337,13 +337,13 @@ fn watch_stalls(
     health: Arc<Health>,
     bound: Duration,
     window: u64,
-    done: Flag,
+    done: CancellationToken,
 ) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                () = done.wait() => return,
+                () = done.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let unacked = shared.unacked.load(Ordering::Acquire);
@@ -382,7 +382,7 @@ struct Pump<'a> {
 
 impl Pump<'_> {
     /// Polls the MQTT connection until `stop`, handing every publish to the carrier.
-    async fn run(&self, eventloop: &mut EventLoop, stop: &Flag) {
+    async fn run(&self, eventloop: &mut EventLoop, stop: &CancellationToken) {
         let mut over_window_logged = false;
         loop {
             if self.shared.progress.pending() >= self.max_in_flight
@@ -393,14 +393,14 @@ impl Pump<'_> {
                 let window_open = |s: &Shared| s.progress.pending() < self.max_in_flight;
                 tokio::select! {
                     biased;
-                    () = stop.wait() => return,
+                    () = stop.cancelled() => return,
                     () = self.shared.next_change_unless(window_open) => {}
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
             let event = tokio::select! {
                 biased;
-                () = stop.wait() => return,
+                () = stop.cancelled() => return,
                 event = eventloop.poll() => event,
             };
             match event {
@@ -467,7 +467,7 @@ impl Pump<'_> {
                     self.health.publish(&self.shared.metrics);
                     tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
                     tokio::select! {
-                        () = stop.wait() => return,
+                        () = stop.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
@@ -479,12 +479,12 @@ impl Pump<'_> {
 /// After `stop`: keeps the connection polled so that acknowledgements go out until every
 /// message handed to the carrier is finished (or `abort`), then disconnects cleanly. Messages
 /// arriving meanwhile are not acknowledged: the broker redelivers them to the session later.
-async fn drain(eventloop: &mut EventLoop, shared: &Shared, abort: &Flag) {
+async fn drain(eventloop: &mut EventLoop, shared: &Shared, abort: &CancellationToken) {
     while !shared.settled() {
         tokio::select! {
             biased;
             () = shared.next_change_unless(Shared::settled) => {}
-            () = abort.wait() => {
+            () = abort.cancelled() => {
                 tracing::warn!(pending = shared.progress.pending(), "in-flight messages abandoned; they will be redelivered");
                 break;
             }

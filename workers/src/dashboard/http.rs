@@ -15,11 +15,11 @@ use axum::routing::get;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 use super::hub::{Frame, Hub, StreamId};
 use super::layout::AppSpec;
 use super::source::now_ms;
-use crate::runtime::Flag;
 
 /// How long a browser waits before reconnecting a dropped stream.
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
@@ -60,11 +60,11 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 #[derive(Clone)]
 struct AppState {
     hub: Arc<Hub>,
-    stop: Flag,
+    stop: CancellationToken,
 }
 
 /// The page, the API and the streams (the admin routes are merged in by the caller).
-pub fn router(hub: Arc<Hub>, stop: Flag) -> Router {
+pub fn router(hub: Arc<Hub>, stop: CancellationToken) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/assets/{file}", get(asset))
@@ -258,7 +258,7 @@ async fn stream(State(s): State<AppState>, Query(q): Query<StreamQuery>) -> Resp
     };
     // Streams end when the process stops, so that the graceful shutdown does not wait for them.
     let stop = s.stop.clone();
-    let body = frames(follow).take_until(async move { stop.wait().await });
+    let body = frames(follow).take_until(async move { stop.cancelled().await });
     let mut response = Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

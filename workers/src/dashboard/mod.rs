@@ -38,7 +38,8 @@ use self::hub::{Hub, KafkaStatus};
 use self::layout::Layout;
 use self::source::now_ms;
 use crate::cli::{self, KafkaArgs, RegistryArgs};
-use crate::runtime::{Flag, Lifecycle};
+use crate::runtime::Lifecycle;
+use tokio_util::sync::CancellationToken;
 
 /// How often every open stream gets an update.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -84,7 +85,7 @@ impl Running {
 
 /// Binds the address, loads the registry (if there is one yet) and starts consuming, pushing and
 /// serving until `stop`.
-pub async fn start(args: DashboardArgs, stop: Flag) -> anyhow::Result<Running> {
+pub async fn start(args: DashboardArgs, stop: CancellationToken) -> anyhow::Result<Running> {
     let prefix = args.kafka.topic_prefix.clone();
     cli::check_topic_prefix(&prefix)?;
     let listener = TcpListener::bind(args.addr)
@@ -130,7 +131,7 @@ pub async fn start(args: DashboardArgs, stop: Flag) -> anyhow::Result<Running> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
-                    () = stop.wait() => break,
+                    () = stop.cancelled() => break,
                     _ = tick.tick() => hub.tick(now_ms()),
                 }
             }
@@ -141,7 +142,7 @@ pub async fn start(args: DashboardArgs, stop: Flag) -> anyhow::Result<Running> {
         .merge(admin::router(readiness, hub.metrics.registry.clone()));
     let server = tokio::spawn(
         axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.wait().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .into_future(),
     );
     tracing::info!(%addr, "dashboard listening");

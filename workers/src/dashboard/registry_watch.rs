@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_model::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, RegistryStatus};
 use super::layout::Layout;
 use super::source::now_ms;
-use crate::runtime::Flag;
 
 /// Why a registry file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +83,20 @@ pub fn load(path: &Path, prefix: &str) -> (Result<Layout, RegistryError>, Regist
 }
 
 /// Polls `path` every `poll` until `stop`; applies each change to `hub`.
-pub async fn watch(path: PathBuf, prefix: String, poll: Duration, hub: Arc<Hub>, stop: Flag) {
+pub async fn watch(
+    path: PathBuf,
+    prefix: String,
+    poll: Duration,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) {
     let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
     let mut loaded_at = hub.registry().status.loaded_at;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.wait() => break,
+            () = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
         let current = std::fs::read(&path).ok();

@@ -16,12 +16,12 @@ use iot_process::admin::Readiness;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, KafkaStatus};
 use super::message::Record;
 use crate::clock;
 use crate::kafka::{self, headers};
-use crate::runtime::Flag;
 
 /// How often topics and partitions are checked (and Kafka's reachability with them).
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -151,7 +151,7 @@ pub async fn run(
     group: String,
     hub: Arc<Hub>,
     readiness: Readiness,
-    stop: Flag,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
         consumer_config(&bootstrap, &group)
@@ -166,7 +166,7 @@ pub async fn run(
     let mut last_error_log: Option<Instant> = None;
     loop {
         tokio::select! {
-            () = stop.wait() => break,
+            () = stop.cancelled() => break,
             _ = refresh.tick() => {}
             changed = layout.changed() => {
                 if changed.is_err() {

@@ -17,6 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Prepared, Setup, account, consumer_config, dead_letter_topic_missing, follow_registry,
@@ -28,7 +29,6 @@ use crate::kafka::{self, DeliveryError};
 use crate::metrics::PipelineMetrics;
 use crate::offsets::OffsetTracker;
 use crate::route::Reason;
-use crate::runtime::Flag;
 
 /// Most records taken from the consumer in one go.
 const MAX_BATCH: usize = 256;
@@ -87,7 +87,7 @@ struct Shared {
     producer: FutureProducer,
     metrics: PipelineMetrics,
     tracker: Arc<Mutex<OffsetTracker>>,
-    abort: Flag,
+    abort: CancellationToken,
     prefix: String,
     all_types_topic: bool,
 }
@@ -139,7 +139,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         setup.metrics.connected.set(i64::from(ready));
         tokio::select! {
             biased;
-            () = stop.wait() => break,
+            () = stop.cancelled() => break,
             _ = commit_tick.tick() => commit(&consumer, &tracker, CommitMode::Async),
             Ok(()) = setup.catalog.changed() => follow_registry(&mut setup, &consumer, &mut topics)?,
             received = consumer.recv() => match received {
@@ -160,7 +160,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
                     let n = u32::try_from(batch.len()).expect("a batch is at most max-in-flight");
                     let permit = tokio::select! {
                         biased;
-                        () = stop.wait() => break,
+                        () = stop.cancelled() => break,
                         p = permits.clone().acquire_many_owned(n) => p.expect("semaphore never closed"),
                     };
                     let catalog = setup.catalog.borrow().clone();
@@ -179,7 +179,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     tokio::select! {
         _ = permits.acquire_many(all) => {}
-        () = setup.life.abort.wait() => tracing::warn!("in-flight records abandoned; they will be consumed again"),
+        () = setup.life.abort.cancelled() => tracing::warn!("in-flight records abandoned; they will be consumed again"),
     }
     commit(&consumer, &tracker, CommitMode::Sync);
     let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))

@@ -106,7 +106,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         setup.metrics.connected.set(i64::from(ready));
         let first = tokio::select! {
             biased;
-            () = stop.wait() => break,
+            () = stop.cancelled() => break,
             _ = idle.tick() => continue,
             Ok(()) = setup.catalog.changed() => {
                 follow_registry(&mut setup, &consumer, &mut topics)?;
@@ -127,7 +127,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         while batch.len() < max_records {
             tokio::select! {
                 biased;
-                () = stop.wait() => break,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => break,
                 received = consumer.recv() => match received {
                     Ok(m) => batch.push(m.detach()),
@@ -157,7 +157,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
                 }
                 rewind(&consumer, &batch);
                 tokio::select! {
-                    () = stop.wait() => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }

@@ -30,6 +30,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::cli::{self, KafkaArgs, RegistryArgs, ShutdownArgs};
@@ -39,7 +40,7 @@ use crate::kafka::{self, OutRecord, headers};
 use crate::metrics::PipelineMetrics;
 use crate::registry_file;
 use crate::route::{Reason, Rejection};
-use crate::runtime::{self, Flag, Lifecycle};
+use crate::runtime::{self, Lifecycle};
 
 /// `IOT_DEVICE_TYPE` value for every registered device type.
 pub const ALL_TYPES: &str = "all";
@@ -126,7 +127,7 @@ pub struct Setup {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub life: Lifecycle,
     /// Set when the process is done (ends background tasks).
-    pub done: Flag,
+    pub done: CancellationToken,
 }
 
 /// Runs the enrichment until `life.stop`, then finishes what is in flight (until `life.abort`).
@@ -139,15 +140,14 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
     );
     let metrics = PipelineMetrics::new("enrichment");
     let readiness = Readiness::default();
-    let (done_tx, done) = runtime::flag();
-    runtime::start_admin(
+    let started = runtime::start(
         args.admin_addr,
         readiness.clone(),
         Default::default(),
         metrics.registry.clone(),
-        done.clone(),
     )
     .await?;
+    let done = started.done.clone();
     let catalog = registry_file::watch(
         args.registry.registry_file.clone(),
         args.kafka.topic_prefix.clone(),
@@ -169,7 +169,7 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
     } else {
         at_least_once::run(setup).await
     };
-    done_tx.set();
+    drop(started);
     result
 }
 

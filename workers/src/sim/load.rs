@@ -11,6 +11,7 @@ use clap::Args;
 use fastrand::Rng;
 use iot_process::admin::Readiness;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::conn::{DeviceConn, Target};
 use super::devices::{Device, DeviceKind};
@@ -18,7 +19,6 @@ use super::{SimulatorArgs, client_id, device_topic, fleet};
 use crate::clock;
 use crate::metrics::SimulatorMetrics;
 use crate::route::Kind;
-use crate::runtime::Flag;
 
 /// `--load-device-type` value that spreads the devices over the three types.
 pub const MIXED: &str = "mixed";
@@ -93,7 +93,7 @@ pub(super) async fn run(
     target: &Target,
     metrics: &SimulatorMetrics,
     readiness: &Readiness,
-    end: &Flag,
+    end: &CancellationToken,
 ) -> anyhow::Result<()> {
     let load = &args.load;
     anyhow::ensure!(load.load_rate > 0.0, "--load-rate must be positive");
@@ -119,7 +119,7 @@ pub(super) async fn run(
     // Start the clock once every device is connected, so the rate is the rate asked for.
     while !conns.iter().all(DeviceConn::is_connected) {
         tokio::select! {
-            () = end.wait() => break,
+            () = end.cancelled() => break,
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
@@ -146,7 +146,7 @@ pub(super) async fn run(
                 let at = start + send_offset(index, n, seq + 1, rate);
                 tokio::select! {
                     biased;
-                    () = end.wait() => break,
+                    () = end.cancelled() => break,
                     () = tokio::time::sleep_until(at) => {}
                 }
                 seq += 1;

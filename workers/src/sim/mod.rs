@@ -18,6 +18,7 @@ use clap::Args;
 use fastrand::Rng;
 use iot_process::admin::Readiness;
 use rumqttc::{LastWill, QoS};
+use tokio_util::sync::CancellationToken;
 
 use self::conn::{DeviceConn, Target};
 use self::devices::{Device, DeviceKind};
@@ -25,7 +26,7 @@ use crate::cli::{self, MqttArgs};
 use crate::clock;
 use crate::metrics::SimulatorMetrics;
 use crate::route::Kind;
-use crate::runtime::{self, Flag, Lifecycle};
+use crate::runtime::{self, Lifecycle};
 
 /// Flags of `iot-worker simulator`.
 #[derive(Args, Clone, Debug)]
@@ -88,30 +89,29 @@ pub async fn run(args: SimulatorArgs, life: Lifecycle) -> anyhow::Result<()> {
     let target = Target { host, port };
     let metrics = SimulatorMetrics::new();
     let readiness = Readiness::default();
-    let (done_tx, done) = runtime::flag();
-    runtime::start_admin(
+    let started = runtime::start(
         args.admin_addr,
         readiness.clone(),
         Default::default(),
         metrics.registry.clone(),
-        done.clone(),
     )
     .await?;
     // The run ends at SIGTERM or after the duration.
-    let (end_tx, end) = runtime::flag();
+    let end = CancellationToken::new();
+    let ending = end.clone();
     let stop = life.stop.clone();
     let duration = args.duration_seconds.map(Duration::from_secs_f64);
     tokio::spawn(async move {
         match duration {
             Some(d) => {
                 tokio::select! {
-                    () = stop.wait() => {}
+                    () = stop.cancelled() => {}
                     () = tokio::time::sleep(d) => {}
                 }
             }
-            None => stop.wait().await,
+            None => stop.cancelled().await,
         }
-        end_tx.set();
+        ending.cancel();
     });
 
     let result = if args.load.load {
@@ -119,7 +119,7 @@ pub async fn run(args: SimulatorArgs, life: Lifecycle) -> anyhow::Result<()> {
     } else {
         realistic(&args, &target, &metrics, &readiness, &end).await
     };
-    done_tx.set();
+    drop(started);
     result
 }
 
@@ -128,7 +128,7 @@ async fn realistic(
     target: &Target,
     metrics: &SimulatorMetrics,
     readiness: &Readiness,
-    end: &Flag,
+    end: &CancellationToken,
 ) -> anyhow::Result<()> {
     let devices = fleet(
         &args.device_prefix,
@@ -161,10 +161,10 @@ async fn realistic(
         let readiness = readiness.clone();
         let end = end.clone();
         tokio::spawn(async move {
-            while !end.is_set() {
+            while !end.is_cancelled() {
                 readiness.set(metrics.connected.get() == total);
                 tokio::select! {
-                    () = end.wait() => {}
+                    () = end.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
@@ -188,7 +188,7 @@ async fn device_loop(
     target: Target,
     speed: f64,
     metrics: SimulatorMetrics,
-    end: Flag,
+    end: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut device = Device::new(id.clone(), kind, clock::now(), &mut rng);
     let status_topic = device_topic(&root, &id, Kind::Status);
@@ -226,12 +226,12 @@ async fn device_loop(
     )
     .await?;
     let scaled = |d: Duration| d.div_f64(speed);
-    'run: while !end.is_set() {
+    'run: while !end.is_cancelled() {
         let step = device.next_step(&mut rng);
         for i in 0..step.telemetry {
             if i > 0 {
                 tokio::select! {
-                    () = end.wait() => break 'run,
+                    () = end.cancelled() => break 'run,
                     () = tokio::time::sleep(scaled(step.gap)) => {}
                 }
             }
@@ -245,7 +245,7 @@ async fn device_loop(
             send(&mut conn, Kind::Status, device.status(now, true), true).await?;
         }
         tokio::select! {
-            () = end.wait() => break,
+            () = end.cancelled() => break,
             () = tokio::time::sleep(scaled(step.pause)) => {}
         }
     }

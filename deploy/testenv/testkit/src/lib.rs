@@ -194,3 +194,20 @@ pub fn mqtt_options(url: &str, client_id: &str) -> rumqttc::MqttOptions {
     rumqttc::MqttOptions::parse_url(format!("{url}?client_id={client_id}"))
         .unwrap_or_else(|e| panic!("bad MQTT url {url}: {e}"))
 }
+
+/// A plain `cargo test` runs only the unit and mocked tests; this test's name, printed in its
+/// output, says how to run the rest.
+#[cfg(all(test, not(feature = "integration")))]
+mod tier {
+    #[test]
+    fn integration_tier_not_run_use_deploy_test_sh_or_cargo_test_integration() {
+        // The alias turns the tier on for every crate that has one.
+        let config = include_str!("../../../../.cargo/config.toml");
+        for krate in ["iot-operator", "iot-workers", "iot-testkit"] {
+            assert!(
+                config.contains(&format!("{krate}/integration")),
+                "the test-integration alias misses {krate}"
+            );
+        }
+    }
+}
