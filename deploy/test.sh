@@ -43,6 +43,13 @@ if ((STATUS != 0)); then
 fi
 stage "cargo test (unit + integration)" cargo_tests
 stage "packaging (helm, RBAC, monitoring, Tilt)" deploy/packaging-test.sh
+JS_LOG=$(mktemp)
+js_tests() {
+  # The dashboard's pure JavaScript (ticks, series store, formatting), as ES modules, no browser.
+  node --test workers/tests/dashboard-js/ 2>&1 | tee "$JS_LOG"
+  return "${PIPESTATUS[0]}"
+}
+stage "dashboard JavaScript (node --test)" js_tests
 E2E_LOG=$(mktemp)
 browser_tests() {
   deploy/e2e/run.sh 2>&1 | tee "$E2E_LOG"
@@ -68,9 +75,12 @@ read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
   END { print p + 0, f + 0 }' "$TEST_LOG")
 # The browser test prints its own "N passed, M failed" line; add it to the total.
 read -r e2e_passed e2e_failed < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$E2E_LOG" | tail -1) || true
-passed=$((passed + ${e2e_passed:-0}))
-failed=$((failed + ${e2e_failed:-0}))
-rm -f "$TEST_LOG" "$E2E_LOG"
+# node --test ends with "# pass N" and "# fail M".
+js_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$JS_LOG" | tail -1)
+js_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$JS_LOG" | tail -1)
+passed=$((passed + ${e2e_passed:-0} + ${js_passed:-0}))
+failed=$((failed + ${e2e_failed:-0} + ${js_failed:-0}))
+rm -f "$TEST_LOG" "$E2E_LOG" "$JS_LOG"
 # The closing line CI reads.
 echo "tests: $passed passed, $failed failed"
 exit "$STATUS"
