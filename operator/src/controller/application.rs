@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
-use super::conditions::{self, Cond};
+use super::conditions::Cond;
 use super::error::{Error, Result};
+use super::status;
 use super::{Context, KIND_APPLICATION};
 use crate::crd::{Application, ApplicationStatus, TopicNames, validate};
 
@@ -49,7 +48,8 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
     let api: Api<Application> = Api::namespaced(ctx.client.clone(), &ns);
 
     let invalid = validate::application(&app.spec);
-    let mut status = ApplicationStatus::default();
+    // The fields this reconcile decides besides the conditions.
+    let mut decided = ApplicationStatus::default();
     let mut conds = Vec::new();
     let result;
     if !invalid.is_empty() {
@@ -69,7 +69,7 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
         result = "invalid";
     } else {
         let (resolved, missing) = resolve(&app.spec.device_types, &ctx.known_device_type_ids());
-        status.topics = resolved
+        decided.topics = resolved
             .iter()
             .map(|id| TopicNames::for_device_type(&ctx.config.topic_prefix, id).enriched)
             .collect();
@@ -83,39 +83,16 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
                 missing.join(", ")
             ))
         });
-        status.resolved_device_types = resolved;
-        status.missing_device_types = missing;
+        decided.resolved_device_types = resolved;
+        decided.missing_device_types = missing;
         result = "ok";
     }
-    let ready = conditions::ready(&conds);
-    conds.push(ready);
-
-    let previous = app.status.clone().unwrap_or_default();
-    status.conditions = conditions::merge(
-        &previous.conditions,
-        &conds,
-        app.meta().generation,
-        k8s_openapi::jiff::Timestamp::now(),
-    );
-    status.observed_generation = app.meta().generation;
-    if status != previous {
-        api.patch_status(
-            &app.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": status })),
-        )
-        .await?;
-        if let Some((ok, reason, message)) =
-            conditions::ready_transition(&previous.conditions, &conds)
-        {
-            let kind = if ok {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            ctx.event(&*app, kind, reason, &message).await;
-        }
-    }
+    status::write(&*app, &api, &ctx, app.status.as_ref(), conds, |s| {
+        s.topics = decided.topics;
+        s.resolved_device_types = decided.resolved_device_types;
+        s.missing_device_types = decided.missing_device_types;
+    })
+    .await?;
     ctx.metrics
         .reconciles
         .with_label_values(&[KIND_APPLICATION, result])

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
 
 /// A condition as a reconcile decides it, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,19 +83,34 @@ pub fn is_ready(conds: &[Condition]) -> bool {
         .any(|c| c.type_ == crate::crd::CONDITION_READY && c.status == "True")
 }
 
+/// The Event of a `Ready` transition, the same rule for every kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyEvent {
+    pub type_: EventType,
+    /// `Ready` or `NotReady`.
+    pub reason: &'static str,
+    /// "all conditions are met", or the first failing condition's reason and message.
+    pub message: String,
+}
+
 /// The Event to publish when `Ready` flips between the stored conditions and the decided ones
-/// (the last of `decided` is `Ready`): `(ok, reason, message)`, or `None` when it did not flip.
-pub fn ready_transition(
-    stored: &[Condition],
-    decided: &[Cond],
-) -> Option<(bool, &'static str, String)> {
+/// (the last of `decided` is `Ready`); `None` when it did not flip.
+pub fn ready_event(stored: &[Condition], decided: &[Cond]) -> Option<ReadyEvent> {
     let now = decided.last().is_some_and(|c| c.ok);
     if now == is_ready(stored) {
         return None;
     }
     Some(match decided.iter().find(|c| !c.ok) {
-        None => (true, "Ready", "all conditions are met".to_string()),
-        Some(c) => (false, c.reason, format!("{}: {}", c.reason, c.message)),
+        None => ReadyEvent {
+            type_: EventType::Normal,
+            reason: "Ready",
+            message: "all conditions are met".to_string(),
+        },
+        Some(c) => ReadyEvent {
+            type_: EventType::Warning,
+            reason: "NotReady",
+            message: format!("{}: {}", c.reason, c.message),
+        },
     })
 }
 
@@ -139,7 +155,7 @@ mod tests {
         decided.push(ready(&failing));
         let stored = merge(&[], &decided, Some(1), t0);
         assert_eq!(
-            ready_transition(&[], &decided),
+            ready_event(&[], &decided),
             None,
             "not ready before, not ready now"
         );
@@ -147,17 +163,22 @@ mod tests {
         let mut decided_ok = ok.to_vec();
         decided_ok.push(ready(&ok));
         assert_eq!(
-            ready_transition(&stored, &decided_ok),
-            Some((true, "Ready", "all conditions are met".to_string()))
+            ready_event(&stored, &decided_ok),
+            Some(ReadyEvent {
+                type_: EventType::Normal,
+                reason: "Ready",
+                message: "all conditions are met".to_string()
+            })
         );
         let stored_ok = merge(&stored, &decided_ok, Some(1), t0);
         assert_eq!(
-            ready_transition(&stored_ok, &decided),
-            Some((
-                false,
-                "KafkaUnavailable",
-                "KafkaUnavailable: down".to_string()
-            ))
+            ready_event(&stored_ok, &decided),
+            Some(ReadyEvent {
+                type_: EventType::Warning,
+                reason: "NotReady",
+                message: "KafkaUnavailable: down".to_string()
+            }),
+            "one reason for every kind: NotReady, naming the failing condition"
         );
     }
 

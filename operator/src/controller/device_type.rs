@@ -11,14 +11,14 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::conditions::{self, Cond};
+use super::conditions::Cond;
 use super::deployment::{desired_enrichment_deployment, enrichment_deployment_name};
 use super::error::{Error, Result};
 use super::scaling::replicas_for_lag;
+use super::status;
 use super::{Context, FIELD_MANAGER, KIND_DEVICE_TYPE};
 use crate::crd::{
-    DeletionPolicy, DeviceType, DeviceTypeStatus, ReplicaCounts, Scaling, TopicNames,
-    parse_retention_ms, validate,
+    DeletionPolicy, DeviceType, ReplicaCounts, Scaling, TopicNames, parse_retention_ms, validate,
 };
 use crate::kafka::lag::consumer_group_lag;
 use crate::kafka::topics::{DesiredTopic, TopicOutcome};
@@ -81,7 +81,7 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
             .collect::<Vec<_>>()
             .join("; ");
         let spec = Cond::new(SPEC_VALID, false, "InvalidSpec", message.clone());
-        write_status(&dt, &api, &ctx, vec![spec], |_| {}).await?;
+        status::write(&*dt, &api, &ctx, dt.status.as_ref(), vec![spec], |_| {}).await?;
         ctx.event(&*dt, EventType::Warning, "InvalidSpec", &message)
             .await;
         ctx.metrics
@@ -245,10 +245,11 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
 
     let applications = ctx.active_applications_for(id);
     let settled = topics_cond.ok && enrichment_cond.ok;
-    write_status(
-        &dt,
+    status::write(
+        &*dt,
         &api,
         &ctx,
+        dt.status.as_ref(),
         vec![spec_ok, topics_cond, enrichment_cond],
         |s| {
             s.topics = Some(names.clone());
@@ -388,50 +389,6 @@ async fn cleanup(dt: &DeviceType, api: &Api<DeviceType>, ctx: &Context) -> Resul
     }
     set_topic_finalizer(dt, api, false).await?;
     Ok(Action::await_change())
-}
-
-/// Writes the status when it differs from the stored one: `conds` plus a `Ready` summary, and
-/// whatever `fill` sets.
-async fn write_status(
-    dt: &DeviceType,
-    api: &Api<DeviceType>,
-    ctx: &Context,
-    conds: Vec<Cond>,
-    fill: impl FnOnce(&mut DeviceTypeStatus),
-) -> Result<()> {
-    let previous = dt.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    fill(&mut status);
-    let mut all = conds;
-    all.push(conditions::ready(&all));
-    let transition = conditions::ready_transition(&previous.conditions, &all);
-    status.conditions = conditions::merge(
-        &previous.conditions,
-        &all,
-        dt.meta().generation,
-        k8s_openapi::jiff::Timestamp::now(),
-    );
-    status.observed_generation = dt.meta().generation;
-    if status == previous {
-        return Ok(());
-    }
-    let patch = json!({ "status": status });
-    api.patch_status(
-        &dt.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    if let Some((ok, reason, message)) = transition {
-        let kind = if ok {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let reason = if ok { reason } else { "NotReady" };
-        ctx.event(dt, kind, reason, &message).await;
-    }
-    Ok(())
 }
 
 /// Lag of the enrichment group of `id` on `raw_topic`; `None` when it cannot be read.

@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod registry_sync;
 pub mod scaling;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
