@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{Hub, RegistryStatus};
 use super::layout::Layout;
 use super::source::now_ms;
+use crate::registry_file;
 
 /// Why a registry file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +83,7 @@ pub fn load(path: &Path, prefix: &str) -> (Result<Layout, RegistryError>, Regist
     }
 }
 
-/// Polls `path` every `poll` until `stop`; applies each change to `hub`.
+/// Follows `path` ([`registry_file::follow`]) until `stop`; applies each change to `hub`.
 pub async fn watch(
     path: PathBuf,
     prefix: String,
@@ -90,20 +91,9 @@ pub async fn watch(
     hub: Arc<Hub>,
     stop: CancellationToken,
 ) {
-    let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
+    let seen = std::fs::read(&path).ok();
     let mut loaded_at = hub.registry().status.loaded_at;
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let current = std::fs::read(&path).ok();
-        if current == last {
-            continue;
-        }
-        last = current;
+    registry_file::follow(&path, poll, seen, stop, |_| {
         let (layout, mut status) = load(&path, &prefix);
         match layout {
             Ok(layout) => {
@@ -130,7 +120,8 @@ pub async fn watch(
                 hub.set_registry_status(status);
             }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
