@@ -40,6 +40,13 @@ struct Installation {
 
 impl Installation {
     async fn new() -> Self {
+        let inst = Self::without_topics();
+        inst.create_topics().await;
+        inst
+    }
+
+    /// The registry file only: the topics come later ([`Installation::create_topics`]).
+    fn without_topics() -> Self {
         let bootstrap = kafka_bootstrap();
         let prefix = unique_name("dash").replace('.', "-");
         let dir = std::env::temp_dir().join(&prefix);
@@ -51,11 +58,14 @@ impl Installation {
             dir,
             registry_file,
         };
-        for topic in inst.topics() {
-            create_topic(&inst.bootstrap, &topic, 3).await;
-        }
         inst.write_registry(&serde_json::to_value(sample_registry(&inst.prefix)).unwrap());
         inst
+    }
+
+    async fn create_topics(&self) {
+        for topic in self.topics() {
+            create_topic(&self.bootstrap, &topic, 3).await;
+        }
     }
 
     fn topics(&self) -> Vec<String> {
@@ -486,4 +496,34 @@ async fn the_smart_grid_stream_carries_only_smart_breaker_data_while_all_types_f
         .expect("clean stop");
     grid.task.abort();
     overview.task.abort();
+}
+
+/// Topics created after the dashboard is ready (the operator creates them when a DeviceType is
+/// applied) are read from when they were found missing: messages produced right after their
+/// creation, before the next check assigns them, are not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_topics_created_after_start_are_not_skipped() {
+    let inst = Installation::without_topics();
+    let (running, stop) = start(&inst).await;
+    let overview = get_json(running.addr, "/api/overview").await;
+    assert_eq!(
+        overview["kafka"]["missing_topics"].as_array().map(Vec::len),
+        Some(8),
+        "{overview:#}"
+    );
+    inst.create_topics().await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &inst.bootstrap)
+        .create()
+        .unwrap();
+    produce_round(&inst, &producer, 1, 10).await;
+    wait_overview(running.addr, "30 enriched messages from new topics", |v| {
+        v["stages"]["enriched"]["total"] == 30
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the dashboard stops within 15 s")
+        .expect("clean stop");
 }

@@ -3,9 +3,11 @@
 //! of which reads with its own group) and never commits offsets.
 //!
 //! Partitions are assigned by hand at the high watermark measured at assignment time, so that
-//! "ready" means "everything produced from now on will be seen". The assignment follows the
-//! registry (new device types and applications) and the topics' partitions, checked every few
-//! seconds; the same check reports whether Kafka answers.
+//! "ready" means "everything produced from now on will be seen". A topic that is wanted but does
+//! not exist yet is read, once it appears, from the time it was first found missing (Kafka's
+//! offsets for that time), so that the messages produced between its creation and the next check
+//! are seen too. The assignment follows the registry (new device types and applications) and the
+//! topics' partitions, checked every few seconds; the same check reports whether Kafka answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -72,11 +74,13 @@ struct Synced {
     missing: Vec<String>,
 }
 
-/// Reads metadata and moves the assignment to the wanted topics (blocking calls).
+/// Reads metadata and moves the assignment to the wanted topics (blocking calls). New partitions
+/// of a topic in `missing_since` start at that time (milliseconds), the others at their end.
 fn sync_blocking(
     consumer: &StreamConsumer,
     wanted: &BTreeSet<String>,
     assigned: &BTreeSet<(String, i32)>,
+    missing_since: &BTreeMap<String, i64>,
 ) -> anyhow::Result<Synced> {
     let metadata = consumer
         .fetch_metadata(None, REQUEST_TIMEOUT)
@@ -89,12 +93,33 @@ fn sync_blocking(
         .collect();
     let desired = desired_partitions(wanted, &existing);
     let mut add = TopicPartitionList::new();
+    let mut since = TopicPartitionList::new();
     for (topic, partition) in desired.difference(assigned) {
+        if let Some(ms) = missing_since.get(topic) {
+            since
+                .add_partition_offset(topic, *partition, Offset::Offset(*ms))
+                .context("building the time lookup")?;
+            continue;
+        }
         let (_, high) = consumer
             .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
             .with_context(|| format!("reading the end offset of {topic}/{partition}"))?;
         add.add_partition_offset(topic, *partition, Offset::Offset(high))
             .context("building the assignment")?;
+    }
+    if since.count() > 0 {
+        // The first offset at or after the time; `End` when nothing was produced since.
+        let found = consumer
+            .offsets_for_times(since, REQUEST_TIMEOUT)
+            .context("reading the offsets of new topics by time")?;
+        for e in found.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::End,
+            };
+            add.add_partition_offset(e.topic(), e.partition(), offset)
+                .context("building the assignment")?;
+        }
     }
     let mut remove = TopicPartitionList::new();
     for (topic, partition) in assigned.difference(&desired) {
@@ -161,6 +186,8 @@ pub async fn run(
     tracing::info!(%bootstrap, %group, "dashboard consumer started (no group membership, no commits)");
     let mut layout = hub.layout();
     let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+    // Wanted topics that did not exist at a check, and since when (milliseconds).
+    let mut missing_since: BTreeMap<String, i64> = BTreeMap::new();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error_log: Option<Instant> = None;
@@ -187,13 +214,21 @@ pub async fn run(
             }
         }
         let wanted = layout.borrow_and_update().topics();
-        let (c, current) = (consumer.clone(), assigned.clone());
-        let result = tokio::task::spawn_blocking(move || sync_blocking(&c, &wanted, &current))
-            .await
-            .context("assignment task")?;
+        // A topic found missing may have been created just before the check without showing in
+        // its metadata yet: its start time is a second before the check began.
+        let check_began = now_ms() - 1000;
+        let (c, current, since) = (consumer.clone(), assigned.clone(), missing_since.clone());
+        let result =
+            tokio::task::spawn_blocking(move || sync_blocking(&c, &wanted, &current, &since))
+                .await
+                .context("assignment task")?;
         let checked_at = Some(now_ms());
         match result {
             Ok(synced) => {
+                missing_since.retain(|t, _| synced.missing.contains(t));
+                for t in &synced.missing {
+                    missing_since.entry(t.clone()).or_insert(check_began);
+                }
                 if !synced.missing.is_empty() {
                     tracing::debug!(missing = ?synced.missing, "topics not there (yet)");
                 }
