@@ -46,8 +46,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Registry, RegistryError> {
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
-    std::fs::read(path).map_err(|error| {
+fn read_result(read: std::io::Result<Vec<u8>>, path: &Path) -> Result<Vec<u8>, RegistryError> {
+    read.map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             RegistryError::Missing(path.display().to_string())
         } else {
@@ -61,11 +61,20 @@ fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
 
 /// The layout and status for the file's current contents.
 pub fn load(path: &Path, prefix: &str) -> (Result<Layout, RegistryError>, RegistryStatus) {
+    interpret(std::fs::read(path), path, prefix)
+}
+
+/// The layout and status for what a read of the file at `path` gave.
+fn interpret(
+    read: std::io::Result<Vec<u8>>,
+    path: &Path,
+    prefix: &str,
+) -> (Result<Layout, RegistryError>, RegistryStatus) {
     let mut status = RegistryStatus {
         path: path.display().to_string(),
         ..RegistryStatus::default()
     };
-    match read(path).and_then(|bytes| parse(&bytes, path)) {
+    match read_result(read, path).and_then(|bytes| parse(&bytes, path)) {
         Ok(registry) => {
             if registry.topic_prefix != prefix {
                 status.warning = Some(format!(
@@ -93,8 +102,8 @@ pub async fn watch(
 ) {
     let seen = std::fs::read(&path).ok();
     let mut loaded_at = hub.registry().status.loaded_at;
-    registry_file::follow(&path, poll, seen, stop, |_| {
-        let (layout, mut status) = load(&path, &prefix);
+    registry_file::follow(&path, poll, seen, stop, |read| {
+        let (layout, mut status) = interpret(read, &path, &prefix);
         match layout {
             Ok(layout) => {
                 tracing::info!(
