@@ -207,26 +207,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::sample_registry;
+    use crate::fixtures::{SEED_RAW, sample_registry};
 
     fn declared(id: &str) -> BTreeMap<String, Measurement> {
         sample_registry("iot").device_types[id].measurements.clone()
     }
 
     fn seed_measurements() -> Map<String, Value> {
-        json!({
-            "voltage": {"phase_a": 117.27, "phase_b": 112.34, "phase_c": 114.52, "unit": "V"},
-            "current": {"phase_a": 69.94, "phase_b": 33.83, "phase_c": 54.86, "unit": "A"},
-            "power": {"active": 5775.99, "reactive": 1945.16, "apparent": 6094.73, "factor": 0.948, "unit": "W"},
-            "frequency": {"value": 59.28, "unit": "Hz"},
-            "temperature": {"value": 34.92, "unit": "°C"},
-            "status": {"breaker": 1, "position": 1, "communication": 1},
-            "protection": {"trip_count": 5, "ground_fault_current": 0.0, "arc_fault_detected": false},
-            "operational": {"load_percentage": 48.1, "operating_hours": 982.8, "maintenance_due": true}
-        })
-        .as_object()
-        .unwrap()
-        .clone()
+        let raw: Value = serde_json::from_str(SEED_RAW).unwrap();
+        raw["measurements"].as_object().unwrap().clone()
     }
 
     fn fields(v: &[Violation]) -> Vec<&str> {
