@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use iot_operator::crd::TopicNames;
+use iot_operator::kafka::topics::TopicAdmin;
 use iot_operator::registry::{CONFIG_MAP_KEY, Registry};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -83,34 +83,44 @@ pub fn is_ready(conds: &[Condition]) -> bool {
         .any(|c| c.type_ == crate::crd::CONDITION_READY && c.status == "True")
 }
 
-/// The Event of a `Ready` transition, the same rule for every kind.
+/// An Event a reconcile decided to publish about its resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadyEvent {
+pub struct Note {
     pub type_: EventType,
-    /// `Ready` or `NotReady`.
     pub reason: &'static str,
-    /// "all conditions are met", or the first failing condition's reason and message.
     pub message: String,
 }
 
+impl Note {
+    pub fn normal(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Warning,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 /// The Event to publish when `Ready` flips between the stored conditions and the decided ones
-/// (the last of `decided` is `Ready`); `None` when it did not flip.
-pub fn ready_event(stored: &[Condition], decided: &[Cond]) -> Option<ReadyEvent> {
+/// (the last of `decided` is `Ready`); `None` when it did not flip. The same rule for every kind:
+/// `Ready` ("all conditions are met"), or `NotReady` with the first failing condition's reason
+/// and message.
+pub fn ready_event(stored: &[Condition], decided: &[Cond]) -> Option<Note> {
     let now = decided.last().is_some_and(|c| c.ok);
     if now == is_ready(stored) {
         return None;
     }
     Some(match decided.iter().find(|c| !c.ok) {
-        None => ReadyEvent {
-            type_: EventType::Normal,
-            reason: "Ready",
-            message: "all conditions are met".to_string(),
-        },
-        Some(c) => ReadyEvent {
-            type_: EventType::Warning,
-            reason: "NotReady",
-            message: format!("{}: {}", c.reason, c.message),
-        },
+        None => Note::normal("Ready", "all conditions are met"),
+        Some(c) => Note::warning("NotReady", format!("{}: {}", c.reason, c.message)),
     })
 }
 
@@ -164,20 +174,12 @@ mod tests {
         decided_ok.push(ready(&ok));
         assert_eq!(
             ready_event(&stored, &decided_ok),
-            Some(ReadyEvent {
-                type_: EventType::Normal,
-                reason: "Ready",
-                message: "all conditions are met".to_string()
-            })
+            Some(Note::normal("Ready", "all conditions are met"))
         );
         let stored_ok = merge(&stored, &decided_ok, Some(1), t0);
         assert_eq!(
             ready_event(&stored_ok, &decided),
-            Some(ReadyEvent {
-                type_: EventType::Warning,
-                reason: "NotReady",
-                message: "KafkaUnavailable: down".to_string()
-            }),
+            Some(Note::warning("NotReady", "KafkaUnavailable: down")),
             "one reason for every kind: NotReady, naming the failing condition"
         );
     }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use conditions::Note;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -27,7 +28,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{Application, DeviceType, all_enriched_topic, deadletter_topic};
-use crate::kafka::topics::{DesiredTopic, TopicAdmin, TopicOutcome};
+use crate::kafka::lag::{KafkaLagReader, LagReader};
+use crate::kafka::topics::{self, DesiredTopic, KafkaTopicAdmin, TopicAdmin, TopicOutcome};
 pub use config::OperatorConfig;
 use error::Error;
 use iot_process::admin::Readiness;
@@ -45,7 +47,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
-    pub topics: TopicAdmin,
+    pub topics: Arc<dyn TopicAdmin>,
+    pub lag: Arc<dyn LagReader>,
     pub metrics: Metrics,
     recorder: Recorder,
     device_types: Store<DeviceType>,
@@ -56,7 +59,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context over the given caches (the controllers' stores in [`run`]).
+    /// A context over the given caches (the controllers' stores in [`run`]), talking to the
+    /// configured Kafka cluster.
     pub fn new(
         client: Client,
         config: OperatorConfig,
@@ -64,12 +68,37 @@ impl Context {
         device_types: Store<DeviceType>,
         applications: Store<Application>,
     ) -> Result<Self, Error> {
+        let topics = KafkaTopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?;
+        let lag = KafkaLagReader {
+            bootstrap: config.kafka_bootstrap.clone(),
+            timeout: config.kafka_timeout,
+        };
+        Ok(Self::with_kafka(
+            client,
+            config,
+            metrics,
+            (device_types, applications),
+            Arc::new(topics),
+            Arc::new(lag),
+        ))
+    }
+
+    /// A context with the given topic admin and lag reader (scripted ones in scenario tests).
+    pub fn with_kafka(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+        (device_types, applications): (Store<DeviceType>, Store<Application>),
+        topics: Arc<dyn TopicAdmin>,
+        lag: Arc<dyn LagReader>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Ok(Self {
-            topics: TopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?,
+        Self {
+            topics,
+            lag,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             device_types,
@@ -79,7 +108,7 @@ impl Context {
             backoff: Mutex::default(),
             downscale: Mutex::default(),
             shared_topics_checked: Mutex::default(),
-        })
+        }
     }
 
     /// Publishes an Event about `obj`; failures are logged, never fatal.
@@ -102,6 +131,12 @@ impl Context {
         }
     }
 
+    /// Publishes a decided Event about `obj`.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, note: &Note) {
+        self.event(obj, note.type_, note.reason, &note.message)
+            .await;
+    }
+
     /// Makes sure `{prefix}.enriched` and `{prefix}.deadletter` exist; re-checked at most once per
     /// resync interval.
     pub async fn ensure_shared_topics(&self) -> Result<(), Error> {
@@ -121,7 +156,7 @@ impl Context {
                 replication_factor: self.config.shared_topic_replication_factor,
                 config: Default::default(),
             };
-            match self.topics.ensure(&topic).await? {
+            match topics::ensure(&*self.topics, &topic).await? {
                 TopicOutcome::Created => tracing::info!(topic = name, "created shared topic"),
                 TopicOutcome::ShrinkRefused { existing, .. } => {
                     tracing::info!(
@@ -137,14 +172,22 @@ impl Context {
         Ok(())
     }
 
-    /// Replicas to apply for an autoscaled DeviceType (see [`DownscaleWindow`]).
-    pub fn downscale_decision(&self, uid: String, current: i32, wanted: i32, now: Instant) -> i32 {
+    /// The scale-down window of the DeviceType with `uid` (see [`DownscaleWindow`]).
+    pub fn downscale_window(&self, uid: &str) -> DownscaleWindow {
         self.downscale
             .lock()
             .expect("lock")
-            .entry(uid)
-            .or_default()
-            .decide(current, wanted, now, self.config.scale_down_cooldown)
+            .get(uid)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the scale-down window a reconcile decided for the DeviceType with `uid`.
+    pub fn store_downscale_window(&self, uid: &str, window: DownscaleWindow) {
+        self.downscale
+            .lock()
+            .expect("lock")
+            .insert(uid.to_string(), window);
     }
 
     /// Active Applications (in the cache) that registered for device type `id`.

@@ -31,7 +31,7 @@ pub fn replicas_for_lag(scaling: Scaling, lag: Option<i64>, partitions: i32) -> 
 }
 
 /// Remembers, per DeviceType, since when a lower replica count has been wanted.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DownscaleWindow {
     lower_since: Option<(i32, Instant)>,
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Context;
 use super::conditions::{self, Cond};
-use super::error::Result;
+use super::error::{Error, Result};
 use crate::crd::{ApplicationStatus, DeviceTypeStatus};
 
 /// A status with conditions and an observed generation.
@@ -76,10 +76,10 @@ where
         &PatchParams::default(),
         &Patch::Merge(&json!({ "status": status })),
     )
-    .await?;
-    if let Some(event) = conditions::ready_event(previous.conditions(), &all) {
-        ctx.event(obj, event.type_, event.reason, &event.message)
-            .await;
+    .await
+    .map_err(Error::Status)?;
+    if let Some(note) = conditions::ready_event(previous.conditions(), &all) {
+        ctx.publish(obj, &note).await;
     }
     Ok(())
 }

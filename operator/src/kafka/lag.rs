@@ -2,10 +2,11 @@
 //! It drives the autoscaling of the enrichment Deployments and the `lag` status column.
 //!
 //! The arithmetic is a pure function ([`partition_lag`]); [`consumer_group_lag`] only fetches the
-//! offsets it needs from the broker.
+//! offsets it needs from the broker. Reconciles read lag through the [`LagReader`] seam.
 
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -104,6 +105,37 @@ pub fn consumer_group_lag(
     }
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(GroupLag { partitions })
+}
+
+/// Reads a consumer group's total lag on one topic: the seam between the DeviceType reconcile
+/// and the broker.
+pub trait LagReader: Send + Sync {
+    fn lag<'a>(&'a self, group: &'a str, topic: &'a str) -> BoxFuture<'a, Result<i64, KafkaError>>;
+}
+
+/// [`LagReader`] through [`consumer_group_lag`].
+#[derive(Clone, Debug)]
+pub struct KafkaLagReader {
+    pub bootstrap: String,
+    pub timeout: Duration,
+}
+
+impl LagReader for KafkaLagReader {
+    fn lag<'a>(&'a self, group: &'a str, topic: &'a str) -> BoxFuture<'a, Result<i64, KafkaError>> {
+        let (bootstrap, group, topic, timeout) = (
+            self.bootstrap.clone(),
+            group.to_string(),
+            topic.to_string(),
+            self.timeout,
+        );
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                consumer_group_lag(&bootstrap, &group, &[&topic], timeout).map(|l| l.total())
+            })
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+        })
+    }
 }
 
 #[cfg(test)]

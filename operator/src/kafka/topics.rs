@@ -3,11 +3,14 @@
 //! partitions; the operator reports that instead of retrying forever).
 //!
 //! [`plan_topic`] decides what to do from the desired and observed state and is a pure function;
-//! [`TopicAdmin`] observes and acts through the Kafka admin API.
+//! [`TopicAdmin`] is the seam through which the controllers observe and act, and
+//! [`KafkaTopicAdmin`] implements it with the Kafka admin API.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
@@ -85,7 +88,7 @@ pub fn plan_topic(desired: &DesiredTopic, observed: Option<&ObservedTopic>) -> T
     }
 }
 
-/// What happened to a topic in one [`TopicAdmin::ensure`] call.
+/// What happened to a topic in one [`ensure`] call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopicOutcome {
     Created,
@@ -100,19 +103,75 @@ pub enum TopicOutcome {
     },
 }
 
-/// Kafka admin operations on topics.
-pub struct TopicAdmin {
+impl TopicOutcome {
+    /// What carrying out `plan` on a topic observed as `observed` does.
+    pub fn of(plan: &TopicPlan, observed: Option<&ObservedTopic>) -> Self {
+        match plan {
+            TopicPlan::Create => TopicOutcome::Created,
+            TopicPlan::UpToDate => TopicOutcome::UpToDate,
+            TopicPlan::RefuseShrink {
+                existing,
+                requested,
+            } => TopicOutcome::ShrinkRefused {
+                existing: *existing,
+                requested: *requested,
+            },
+            TopicPlan::Update {
+                grow_partitions_to,
+                set_config,
+            } => TopicOutcome::Updated {
+                grew_partitions: grow_partitions_to
+                    .map(|n| (observed.map_or(0, |o| o.partitions), n)),
+                corrected_config: set_config.is_some(),
+            },
+        }
+    }
+}
+
+/// The topic operations the controllers need: the seam between a reconcile and the broker, so
+/// that scenario tests can run a reconcile against a scripted broker.
+pub trait TopicAdmin: Send + Sync {
+    /// Partition count and dynamic configuration of `topic`, or `None` when it does not exist.
+    fn observe<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedTopic>, KafkaError>>;
+
+    /// Carries out `plan` for `desired` (nothing for `UpToDate` and `RefuseShrink`).
+    fn apply<'a>(
+        &'a self,
+        desired: &'a DesiredTopic,
+        plan: &'a TopicPlan,
+    ) -> BoxFuture<'a, Result<(), KafkaError>>;
+
+    /// Deletes `topics`; topics that do not exist are not an error.
+    fn delete<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), KafkaError>>;
+}
+
+/// Observes `desired`, plans and carries out the plan, and says what it did.
+pub async fn ensure(
+    admin: &dyn TopicAdmin,
+    desired: &DesiredTopic,
+) -> Result<TopicOutcome, KafkaError> {
+    let observed = admin.observe(&desired.name).await?;
+    let plan = plan_topic(desired, observed.as_ref());
+    admin.apply(desired, &plan).await?;
+    Ok(TopicOutcome::of(&plan, observed.as_ref()))
+}
+
+/// [`TopicAdmin`] through librdkafka's admin API.
+pub struct KafkaTopicAdmin {
     admin: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
 }
 
-impl std::fmt::Debug for TopicAdmin {
+impl std::fmt::Debug for KafkaTopicAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicAdmin").finish_non_exhaustive()
+        f.debug_struct("KafkaTopicAdmin").finish_non_exhaustive()
     }
 }
 
-impl TopicAdmin {
+impl KafkaTopicAdmin {
     pub fn new(bootstrap: &str, timeout: Duration) -> Result<Self, KafkaError> {
         let admin = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -130,8 +189,7 @@ impl TopicAdmin {
             .request_timeout(Some(self.timeout))
     }
 
-    /// Partition count and dynamic configuration of `topic`, or `None` when it does not exist.
-    pub async fn observe(&self, topic: &str) -> Result<Option<ObservedTopic>, KafkaError> {
+    async fn observe_topic(&self, topic: &str) -> Result<Option<ObservedTopic>, KafkaError> {
         // librdkafka's metadata call blocks: keep it off the async worker threads.
         let (admin, name, timeout) = (self.admin.clone(), topic.to_string(), self.timeout);
         let metadata =
@@ -171,18 +229,9 @@ impl TopicAdmin {
         Ok(Some(ObservedTopic { partitions, config }))
     }
 
-    /// Brings `desired` about and says what it did.
-    pub async fn ensure(&self, desired: &DesiredTopic) -> Result<TopicOutcome, KafkaError> {
-        let observed = self.observe(&desired.name).await?;
-        match plan_topic(desired, observed.as_ref()) {
-            TopicPlan::UpToDate => Ok(TopicOutcome::UpToDate),
-            TopicPlan::RefuseShrink {
-                existing,
-                requested,
-            } => Ok(TopicOutcome::ShrinkRefused {
-                existing,
-                requested,
-            }),
+    async fn apply_plan(&self, desired: &DesiredTopic, plan: &TopicPlan) -> Result<(), KafkaError> {
+        match plan {
+            TopicPlan::UpToDate | TopicPlan::RefuseShrink { .. } => Ok(()),
             TopicPlan::Create => {
                 let mut topic = NewTopic::new(
                     &desired.name,
@@ -202,18 +251,17 @@ impl TopicAdmin {
                         Err((_, code)) => return Err(KafkaError::AdminOp(code)),
                     }
                 }
-                Ok(TopicOutcome::Created)
+                Ok(())
             }
             TopicPlan::Update {
                 grow_partitions_to,
                 set_config,
             } => {
-                let before = observed.map(|o| o.partitions).unwrap_or_default();
                 if let Some(n) = grow_partitions_to {
                     let results = self
                         .admin
                         .create_partitions(
-                            [&NewPartitions::new(&desired.name, n as usize)],
+                            [&NewPartitions::new(&desired.name, *n as usize)],
                             &self.options(),
                         )
                         .await?;
@@ -221,7 +269,7 @@ impl TopicAdmin {
                         r.map_err(|(_, code)| KafkaError::AdminOp(code))?;
                     }
                 }
-                if let Some(config) = &set_config {
+                if let Some(config) = set_config {
                     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&desired.name));
                     for (k, v) in config {
                         alter = alter.set(k, v);
@@ -231,17 +279,14 @@ impl TopicAdmin {
                         r.map_err(|(_, code)| KafkaError::AdminOp(code))?;
                     }
                 }
-                Ok(TopicOutcome::Updated {
-                    grew_partitions: grow_partitions_to.map(|n| (before, n)),
-                    corrected_config: set_config.is_some(),
-                })
+                Ok(())
             }
         }
     }
 
-    /// Deletes `topics`; topics that do not exist are not an error.
-    pub async fn delete(&self, topics: &[&str]) -> Result<(), KafkaError> {
-        let results = self.admin.delete_topics(topics, &self.options()).await?;
+    async fn delete_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let results = self.admin.delete_topics(&names, &self.options()).await?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
@@ -249,6 +294,27 @@ impl TopicAdmin {
             }
         }
         Ok(())
+    }
+}
+
+impl TopicAdmin for KafkaTopicAdmin {
+    fn observe<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedTopic>, KafkaError>> {
+        Box::pin(self.observe_topic(topic))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a DesiredTopic,
+        plan: &'a TopicPlan,
+    ) -> BoxFuture<'a, Result<(), KafkaError>> {
+        Box::pin(self.apply_plan(desired, plan))
+    }
+
+    fn delete<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), KafkaError>> {
+        Box::pin(self.delete_topics(topics))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use iot_operator::controller::{self, Metrics, OperatorConfig};
 use iot_operator::crd::{Application, DeviceType, manifests::Manifests};
-use iot_operator::kafka::topics::{ObservedTopic, TopicAdmin};
+use iot_operator::kafka::topics::{KafkaTopicAdmin, ObservedTopic, TopicAdmin};
 use iot_process::admin::Readiness;
 use iot_testkit::{TestNamespace, kafka_bootstrap, kube_client};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -23,7 +23,7 @@ pub struct Harness {
     pub client: Client,
     pub ns: TestNamespace,
     pub config: OperatorConfig,
-    pub topics: TopicAdmin,
+    pub topics: KafkaTopicAdmin,
     pub metrics: Metrics,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -77,7 +77,7 @@ impl Harness {
                 let _ = rx.wait_for(|v| *v).await;
             },
         ));
-        let topics = TopicAdmin::new(&bootstrap, Duration::from_secs(10)).unwrap();
+        let topics = KafkaTopicAdmin::new(&bootstrap, Duration::from_secs(10)).unwrap();
         Self {
             client,
             ns,
