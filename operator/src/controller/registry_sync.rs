@@ -1,26 +1,33 @@
 //! Keeps the registry ConfigMap (`iot-registry`, key `registry.json`) equal to the enrichment
-//! context built from every DeviceType and Application in the controllers' caches. Workers mount
-//! it and reload it on change; they never call the Kubernetes API.
+//! context built from every DeviceType and Application. Workers mount it and reload it on change;
+//! they never call the Kubernetes API.
 //!
-//! It also watches the ConfigMap itself: an edited or deleted registry is put back as soon as the
-//! watch reports it (within about a second), and failed writes are retried with backoff.
+//! A small controller of its own: it watches DeviceTypes, Applications and the ConfigMap itself,
+//! and after any change (a burst of changes counts once) rebuilds the registry and writes it when
+//! the ConfigMap holds something else. An edited or deleted registry is therefore put back as soon
+//! as its watch reports it (well within a second on a healthy API server); failed writes are
+//! retried with exponential backoff; nothing is polled.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::time::Instant;
 
 use super::{Context, FIELD_MANAGER};
+use crate::crd::{Application, DeviceType};
 use crate::registry::{CONFIG_MAP_KEY, build_registry};
 use iot_process::admin::Readiness;
 
-/// How often the caches are compared with the last written registry. Building it is cheap (a few
-/// microseconds per DeviceType); the write only happens when the bytes change.
-const POLL: Duration = Duration::from_millis(250);
+/// Delay before retrying a failed write: 1 s, 2 s, 4 s ... capped at 32 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.saturating_sub(1).min(5))
+}
 
 /// The ConfigMap holding `registry_json`.
 pub fn desired_config_map(name: &str, namespace: &str, registry_json: String) -> ConfigMap {
@@ -48,118 +55,171 @@ pub fn desired_config_map(name: &str, namespace: &str, registry_json: String) ->
     }
 }
 
+/// Whether a watch event ends a listing (logging a failed watch, which retries with backoff).
+fn listed<K>(event: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+    if let Err(e) = event {
+        tracing::warn!(error = %e, "registry writer: watch failed; retrying");
+    }
+    matches!(event, Ok(watcher::Event::InitDone))
+}
+
+/// What woke the writer up.
+enum Trigger {
+    /// A DeviceType watch event; `true` once its first listing is complete.
+    DeviceTypes(bool),
+    /// An Application watch event; `true` once its first listing is complete.
+    Applications(bool),
+    /// A watch event of the registry ConfigMap.
+    Registry(Box<Result<watcher::Event<ConfigMap>, watcher::Error>>),
+}
+
 /// Writes the registry whenever it changes, until `stop` resolves. Sets `readiness` after the
-/// first successful write (the caches are then synced and the workers have a registry).
+/// first successful write (the workers then have a registry).
 pub async fn run(
     ctx: Arc<Context>,
     readiness: Readiness,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let ns = &ctx.config.namespace;
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let (device_types, dt_writer) = reflector::store::<DeviceType>();
+    let (applications, app_writer) = reflector::store::<Application>();
+    let dt_events = reflector::reflector(
+        dt_writer,
+        watcher(
+            Api::namespaced(ctx.client.clone(), ns),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .map(|e| Trigger::DeviceTypes(listed(&e)));
+    let app_events = reflector::reflector(
+        app_writer,
+        watcher(
+            Api::namespaced(ctx.client.clone(), ns),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .map(|e| Trigger::Applications(listed(&e)));
+    let selector = format!("metadata.name={}", ctx.config.registry_config_map);
+    let cm_events = watcher(api.clone(), watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .map(|e| Trigger::Registry(Box::new(e)));
+    let mut triggers =
+        futures::stream::select_all([dt_events.boxed(), app_events.boxed(), cm_events.boxed()]);
+
     tokio::pin!(stop);
-    // Wait for both caches to hold the cluster's state before the first write, so a restart never
-    // writes an empty registry over a full one.
-    tokio::select! {
-        () = &mut stop => return Ok(()),
-        r = async { tokio::try_join!(ctx.device_types.wait_until_ready(), ctx.applications.wait_until_ready()) } => {
-            r?;
-        }
-    }
+    // Nothing is written before both kinds are listed, so a restart never writes an empty
+    // registry over a full one.
+    let (mut dts_listed, mut apps_listed) = (false, false);
+    // What the ConfigMap holds, as its watch reports it.
+    let mut live = LiveRegistry::default();
     let mut written: Option<String> = None;
     let mut failures = 0u32;
-    // What the ConfigMap holds, as the watch reports it: `None` until the watch has listed it,
-    // `Some(None)` when it does not exist.
-    let mut live = LiveRegistry::default();
-    let selector = format!("metadata.name={}", ctx.config.registry_config_map);
-    let mut changes = watcher(api.clone(), watcher::Config::default().fields(&selector))
-        .default_backoff()
-        .boxed();
-    // The (uid, resourceVersion) of every cached object when the registry was last settled: an
-    // unchanged cache needs no rebuild.
-    let mut settled: Option<Vec<(String, String)>> = None;
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let versions = cache_versions(&ctx);
-        if settled.as_ref() == Some(&versions) && !live.differs_from(written.as_deref()) {
-            tokio::select! {
-                () = &mut stop => return Ok(()),
-                () = tokio::time::sleep(POLL) => {}
-                Some(event) = changes.next() => live.observe(event),
+        let mut handle = |t: Trigger| match t {
+            Trigger::DeviceTypes(done) => dts_listed |= done,
+            Trigger::Applications(done) => apps_listed |= done,
+            Trigger::Registry(event) => live.observe(*event),
+        };
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            continue;
-        }
-        let dts: Vec<_> = ctx
-            .device_types
-            .state()
-            .iter()
-            .map(|d| (**d).clone())
-            .collect();
-        let apps: Vec<_> = ctx
-            .applications
-            .state()
-            .iter()
-            .map(|a| (**a).clone())
-            .collect();
-        let registry = build_registry(&dts, &apps, &ctx.config.topic_prefix);
-        let json = serde_json::to_string_pretty(&registry)?;
-        if written.as_ref() != Some(&json) || live.differs_from(Some(&json)) {
-            if written.as_ref() == Some(&json) {
-                tracing::warn!(
-                    config_map = %ctx.config.registry_config_map,
-                    "the registry ConfigMap was edited or deleted; putting it back"
-                );
-            }
-            let cm = desired_config_map(
-                &ctx.config.registry_config_map,
-                &ctx.config.namespace,
-                json.clone(),
-            );
-            match api
-                .patch(
-                    &ctx.config.registry_config_map,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&cm),
-                )
-                .await
-            {
-                Ok(_) => {
-                    ctx.metrics
-                        .registry_updates
-                        .with_label_values(&["ok"])
-                        .inc();
-                    tracing::info!(
-                        device_types = registry.device_types.len(),
-                        skipped = registry.skipped.len(),
-                        "registry ConfigMap updated"
-                    );
-                    live.wrote(&json);
-                    written = Some(json);
-                    failures = 0;
-                    readiness.set(true);
-                }
-                Err(e) => {
-                    ctx.metrics
-                        .registry_updates
-                        .with_label_values(&["error"])
-                        .inc();
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "writing the registry ConfigMap failed");
-                }
-            }
-        }
-        if failures == 0 {
-            settled = Some(versions);
-        }
-        let wait = if failures == 0 {
-            POLL
-        } else {
-            Duration::from_secs(1 << failures.min(5))
         };
         tokio::select! {
             () = &mut stop => return Ok(()),
-            () = tokio::time::sleep(wait) => {}
-            Some(event) = changes.next(), if failures == 0 => live.observe(event),
+            t = triggers.next() => match t {
+                Some(t) => handle(t),
+                None => anyhow::bail!("the registry writer's watches ended"),
+            },
+            () = retry => retry_at = None,
+        }
+        // A burst of changes (a `kubectl apply -f deploy/samples/`) is one rebuild.
+        while let Some(Some(t)) = triggers.next().now_or_never() {
+            handle(t);
+        }
+        if !(dts_listed && apps_listed) || retry_at.is_some() {
+            continue;
+        }
+        match sync(
+            &ctx,
+            &api,
+            &device_types,
+            &applications,
+            &mut live,
+            &written,
+        )
+        .await
+        {
+            Ok(Some(json)) => {
+                written = Some(json);
+                failures = 0;
+                readiness.set(true);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                failures += 1;
+                let delay = retry_delay(failures);
+                tracing::warn!(error = %e, failures, retry_in_s = delay.as_secs(), "writing the registry ConfigMap failed");
+                retry_at = Some(Instant::now() + delay);
+            }
         }
     }
+}
+
+/// Builds the registry from the caches and writes it when it changed or the ConfigMap holds
+/// something else; returns what it wrote.
+async fn sync(
+    ctx: &Context,
+    api: &Api<ConfigMap>,
+    device_types: &Store<DeviceType>,
+    applications: &Store<Application>,
+    live: &mut LiveRegistry,
+    written: &Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let dts: Vec<_> = device_types.state().iter().map(|d| (**d).clone()).collect();
+    let apps: Vec<_> = applications.state().iter().map(|a| (**a).clone()).collect();
+    let registry = build_registry(&dts, &apps, &ctx.config.topic_prefix);
+    let json = serde_json::to_string_pretty(&registry)?;
+    let unchanged = written.as_ref() == Some(&json);
+    if unchanged && !live.differs_from(Some(&json)) {
+        return Ok(None);
+    }
+    if unchanged {
+        tracing::warn!(
+            config_map = %ctx.config.registry_config_map,
+            "the registry ConfigMap was edited or deleted; putting it back"
+        );
+    }
+    let cm = desired_config_map(
+        &ctx.config.registry_config_map,
+        &ctx.config.namespace,
+        json.clone(),
+    );
+    let result = api
+        .patch(
+            &ctx.config.registry_config_map,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .registry_updates
+        .with_label_values(&[outcome])
+        .inc();
+    result?;
+    tracing::info!(
+        device_types = registry.device_types.len(),
+        skipped = registry.skipped.len(),
+        "registry ConfigMap updated"
+    );
+    live.wrote(&json);
+    Ok(Some(json))
 }
 
 /// The registry JSON the ConfigMap holds, as its watch reports it.
@@ -203,25 +263,6 @@ fn registry_json(cm: &ConfigMap) -> Option<String> {
     cm.data.as_ref()?.get(CONFIG_MAP_KEY).cloned()
 }
 
-/// Identity and version of every cached DeviceType and Application, in a stable order.
-fn cache_versions(ctx: &Context) -> Vec<(String, String)> {
-    let ids = |meta: &ObjectMeta| {
-        (
-            meta.uid.clone().unwrap_or_default(),
-            meta.resource_version.clone().unwrap_or_default(),
-        )
-    };
-    let mut versions: Vec<_> = ctx
-        .device_types
-        .state()
-        .iter()
-        .map(|d| ids(&d.metadata))
-        .chain(ctx.applications.state().iter().map(|a| ids(&a.metadata)))
-        .collect();
-    versions.sort();
-    versions
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +303,11 @@ mod tests {
             !live.differs_from(None),
             "nothing written yet: nothing to restore"
         );
+    }
+
+    #[test]
+    fn failed_writes_back_off_exponentially_to_half_a_minute() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 32, 32]);
     }
 }
