@@ -34,11 +34,6 @@ fn is_deleting<K: ResourceExt>(object: &K) -> bool {
     object.meta().deletion_timestamp.is_some()
 }
 
-fn reasons(errors: &[validate::FieldError]) -> String {
-    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    messages.join("; ")
-}
-
 /// Builds the enrichment context from every DeviceType and Application.
 ///
 /// - Objects being deleted are left out.
@@ -67,7 +62,7 @@ pub fn build_registry(
             skipped.push(Skipped {
                 kind: "DeviceType".into(),
                 object: source,
-                reason: reasons(&errors),
+                reason: validate::describe(&errors),
             });
             continue;
         }
@@ -112,7 +107,7 @@ pub fn build_registry(
             skipped.push(Skipped {
                 kind: "Application".into(),
                 object: id,
-                reason: reasons(&errors),
+                reason: validate::describe(&errors),
             });
             continue;
         }

@@ -53,11 +53,7 @@ pub struct Decision {
 pub fn decide(app: &Application, known: &[String], prefix: &str) -> Decision {
     let invalid = validate::application(&app.spec);
     if !invalid.is_empty() {
-        let message = invalid
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message = validate::describe(&invalid);
         return Decision {
             conditions: vec![Cond::new(SPEC_VALID, false, "InvalidSpec", message.clone())],
             events: vec![Note::warning("InvalidSpec", message)],

@@ -140,11 +140,7 @@ pub fn decide_invalid(dt: &DeviceType) -> Option<(Cond, Note)> {
     if problems.is_empty() {
         return None;
     }
-    let message = problems
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message = validate::describe(&problems);
     Some((
         Cond::new(SPEC_VALID, false, "InvalidSpec", message.clone()),
         Note::warning("InvalidSpec", message),
@@ -445,8 +441,8 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
         ctx.metrics.consumer_lag.with_label_values(&[id]).set(lag);
     }
 
-    let failure = topic_failure.or_else(|| observed.topics.as_ref().err().cloned());
-    let conditions = match &failure {
+    // An unreadable broker is already in the decided conditions; a failed change is not.
+    let conditions = match &topic_failure {
         Some(e) => decision.conditions_after_topic_failure(e),
         None => decision.conditions.clone(),
     };
@@ -460,7 +456,7 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
     })
     .await?;
 
-    if let Some(e) = failure {
+    if let Some(e) = topic_failure.or_else(|| observed.topics.err()) {
         return Err(Error::Kafka(e));
     }
     ctx.metrics

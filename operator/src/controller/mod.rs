@@ -21,7 +21,7 @@ use conditions::Note;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -111,30 +111,19 @@ impl Context {
         }
     }
 
-    /// Publishes an Event about `obj`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-    ) {
+    /// Publishes a decided Event about `obj`; failures are logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, note: &Note) {
+        let reason = note.reason;
         let event = Event {
-            type_,
+            type_: note.type_,
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(note.message.chars().take(1000).collect()),
             action: "Reconcile".into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(reason, error = %e, "publishing event failed");
         }
-    }
-
-    /// Publishes a decided Event about `obj`.
-    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, note: &Note) {
-        self.event(obj, note.type_, note.reason, &note.message)
-            .await;
     }
 
     /// Makes sure `{prefix}.enriched` and `{prefix}.deadletter` exist; re-checked at most once per
@@ -267,18 +256,13 @@ where
         retry_in_s = delay.as_secs(),
         "reconcile failed"
     );
-    let ctx2 = ctx.clone();
-    let message = error.to_string();
-    let category = error.category();
-    tokio::spawn(async move {
-        let reason = match category {
-            "kafka" => "KafkaError",
-            "kube" => "KubernetesApiError",
-            _ => "ReconcileError",
-        };
-        ctx2.event(&*obj, EventType::Warning, reason, &message)
-            .await;
-    });
+    let reason = match error.category() {
+        "kafka" => "KafkaError",
+        "kube" => "KubernetesApiError",
+        _ => "ReconcileError",
+    };
+    let note = Note::warning(reason, error.to_string());
+    tokio::spawn(async move { ctx.publish(&*obj, &note).await });
     Action::requeue(delay)
 }
 

@@ -55,6 +55,22 @@ pub fn desired_config_map(name: &str, namespace: &str, registry_json: String) ->
     }
 }
 
+/// A cache of every `K` in `api`, and the stream that fills it: one item per watch event, `true`
+/// when the event completes a listing.
+fn cache<K>(api: Api<K>) -> (Store<K>, impl futures::Stream<Item = bool>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .map(|e| listed(&e));
+    (store, events)
+}
+
 /// Whether a watch event ends a listing (logging a failed watch, which retries with backoff).
 fn listed<K>(event: &Result<watcher::Event<K>, watcher::Error>) -> bool {
     if let Err(e) = event {
@@ -82,26 +98,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ns = &ctx.config.namespace;
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let (device_types, dt_writer) = reflector::store::<DeviceType>();
-    let (applications, app_writer) = reflector::store::<Application>();
-    let dt_events = reflector::reflector(
-        dt_writer,
-        watcher(
-            Api::namespaced(ctx.client.clone(), ns),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .map(|e| Trigger::DeviceTypes(listed(&e)));
-    let app_events = reflector::reflector(
-        app_writer,
-        watcher(
-            Api::namespaced(ctx.client.clone(), ns),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .map(|e| Trigger::Applications(listed(&e)));
+    let (device_types, dt_events) = cache::<DeviceType>(Api::namespaced(ctx.client.clone(), ns));
+    let (applications, app_events) = cache::<Application>(Api::namespaced(ctx.client.clone(), ns));
+    let dt_events = dt_events.map(Trigger::DeviceTypes);
+    let app_events = app_events.map(Trigger::Applications);
     let selector = format!("metadata.name={}", ctx.config.registry_config_map);
     let cm_events = watcher(api.clone(), watcher::Config::default().fields(&selector))
         .default_backoff()

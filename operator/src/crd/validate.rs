@@ -15,6 +15,12 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// Every problem of `errors` in one line, for a condition, an Event or the registry's skip list.
+pub fn describe(errors: &[FieldError]) -> String {
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    messages.join("; ")
+}
+
 fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
