@@ -12,7 +12,9 @@
 #                                 deploy/testenv/down.sh stops it)
 #
 # In a cluster the kubelet mounts ConfigMap iot-registry into the worker pods; here a small loop
-# copies it from the API server into a file every 2 s, which the workers reload on change.
+# copies it from the API server into a file every 2 s, which the workers reload on change. Like the
+# pods' volumes, it copies binaryData key registry.json.gz (compact JSON, gzip-compressed) as it is
+# into registry.json: the workers recognise gzip by its first bytes.
 # Environment: IOT_LOCAL_NAMESPACE (default iot), IOT_DASHBOARD_ADDR (default 127.0.0.1:5001).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +81,8 @@ up() {
 
   local registry="$REPO/$LOCAL_DIR/registry.json"
   start registry-mirror bash -c "while :; do
-      kubectl get configmap iot-registry -n '$NS' -o jsonpath='{.data.registry\\.json}' >'$registry.tmp' 2>/dev/null &&
+      kubectl get configmap iot-registry -n '$NS' -o jsonpath='{.binaryData.registry\\.json\\.gz}' 2>/dev/null |
+        base64 -d >'$registry.tmp' 2>/dev/null &&
         [[ -s '$registry.tmp' ]] && { cmp -s '$registry.tmp' '$registry' || mv '$registry.tmp' '$registry'; }
       sleep 2
     done"
@@ -179,8 +182,8 @@ print(" ".join(sorted(a["id"] for a in apps)))')
   [[ $drops == 0 ]] || die "$drops records of another device type arrived on a device type's enriched topic"
   local registry_apps
   registry_apps=$(python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
+import gzip, json, sys
+r = json.load(gzip.open(sys.argv[1]))
 print(sum(len(t["applications"]) for t in r["deviceTypes"].values()))' "$LOCAL_DIR/registry.json")
   [[ $registry_apps == 3 ]] || die "the mirrored registry lists $registry_apps applications, expected 3"
   # Every metric the Grafana dashboards and alert rules query is exported by a running component.

@@ -11,7 +11,9 @@ source deploy/stage.sh
 
 # The stage runner itself first: a test command that cannot fail is worse than none.
 stage "stage runner self-test" deploy/stage-test.sh
-stage "test environment up" deploy/testenv/up.sh
+# With the real node: a kubelet, containerd, kube-proxy, CoreDNS and kube-router next to the kwok
+# node, and the project's images built from the Dockerfile (deploy/images/build.sh).
+stage "test environment up (with the real node)" deploy/testenv/up.sh --node
 if ((STATUS != 0)); then
   stage_summary
   exit "$STATUS"
@@ -56,6 +58,12 @@ browser_tests() {
   return "${PIPESTATUS[0]}"
 }
 stage "browser end-to-end (dashboard in Chromium)" browser_tests
+REALNODE_LOG=$(mktemp)
+realnode_tests() {
+  deploy/realnode/run.sh 2>&1 | tee "$REALNODE_LOG"
+  return "${PIPESTATUS[0]}"
+}
+stage "real node: images, chart, chaos in pods (deploy/realnode/run.sh)" realnode_tests
 # The whole platform as a user runs it without a cluster: the live operator with deploy/samples/
 # applied, simulator, bridge, one enrichment per type and the dashboard as processes.
 local_platform() {
@@ -78,9 +86,11 @@ read -r e2e_passed e2e_failed < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) faile
 # node --test ends with "# pass N" and "# fail M".
 js_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$JS_LOG" | tail -1)
 js_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$JS_LOG" | tail -1)
-passed=$((passed + ${e2e_passed:-0} + ${js_passed:-0}))
-failed=$((failed + ${e2e_failed:-0} + ${js_failed:-0}))
-rm -f "$TEST_LOG" "$E2E_LOG" "$JS_LOG"
+# deploy/realnode/run.sh ends with "realnode: N passed, M failed".
+read -r rn_passed rn_failed < <(sed -n 's/^realnode: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$REALNODE_LOG" | tail -1) || true
+passed=$((passed + ${e2e_passed:-0} + ${js_passed:-0} + ${rn_passed:-0}))
+failed=$((failed + ${e2e_failed:-0} + ${js_failed:-0} + ${rn_failed:-0}))
+rm -f "$TEST_LOG" "$E2E_LOG" "$JS_LOG" "$REALNODE_LOG"
 # The closing line CI reads.
 echo "tests: $passed passed, $failed failed"
 exit "$STATUS"

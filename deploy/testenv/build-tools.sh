@@ -4,6 +4,7 @@
 # that tool). Safe to run repeatedly: a tool whose directory already holds its binaries is skipped.
 #
 #   deploy/testenv/build-tools.sh [tool...]     tools: etcd kube kwok helm promtool
+#                                               node tools: kubelet coredns kube-router
 set -euo pipefail
 source "$(dirname "$0")/versions.sh"
 
@@ -44,12 +45,12 @@ build_etcd() {
   mv "$out.tmp" "$out"
 }
 
-build_kube() {
-  local out="$BIN_ROOT/kubernetes-$K8S_VERSION"
-  [[ -x $out/kubectl ]] && return 0
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-  wrapper_module "$WORK_ROOT/kubernetes" "k8s.io/kubernetes@$K8S_VERSION" "${cmds[@]/#/k8s.io/kubernetes/cmd/}"
+# build_k8s_cmds DIR CMD...: Kubernetes commands at K8S_VERSION, with version stamps, into DIR.
+build_k8s_cmds() {
+  local out=$1; shift
+  [[ -x $out/$1 ]] && return 0
+  log "building $* $K8S_VERSION"
+  wrapper_module "$WORK_ROOT/$(basename "$out")" "k8s.io/kubernetes@$K8S_VERSION" "${@/#/k8s.io/kubernetes/cmd/}"
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local v=k8s.io/component-base/version cv=k8s.io/client-go/pkg/version
   local ld="-s -w"
@@ -58,11 +59,43 @@ build_kube() {
   done
   mkdir -p "$out.tmp"
   local cmd
-  for cmd in "${cmds[@]}"; do
+  for cmd in "$@"; do
     log "  go build $cmd"
     go build -p 2 -trimpath -ldflags "$ld" -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
   mv "$out.tmp" "$out"
+}
+
+build_kube() {
+  build_k8s_cmds "$BIN_ROOT/kubernetes-$K8S_VERSION" kubectl kube-apiserver kube-controller-manager kube-scheduler
+}
+build_kubelet() {
+  build_k8s_cmds "$BIN_ROOT/kubernetes-node-$K8S_VERSION" kubelet kube-proxy
+}
+
+# CoreDNS with only the plugins the node's cluster DNS uses (no forwarder: nothing outside exists).
+build_coredns() {
+  local out="$BIN_ROOT/coredns-$COREDNS_VERSION"
+  [[ -x $out/coredns ]] && return 0
+  log "building coredns $COREDNS_VERSION"
+  local plugins=(bind ready health errors log loadbalance cache hosts kubernetes loop)
+  wrapper_module "$WORK_ROOT/coredns" "github.com/coredns/coredns@$COREDNS_VERSION" github.com/coredns/coredns/coremain
+  {
+    printf 'package main\n\nimport (\n\t"github.com/coredns/coredns/core/dnsserver"\n\t"github.com/coredns/coredns/coremain"\n'
+    printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "${plugins[@]}"
+    printf ')\n\n// The order of the directives is the order in which plugins handle a query.\n'
+    printf 'func init() {\n\tdnsserver.Directives = []string{'
+    printf '"%s", ' "${plugins[@]}"
+    printf '}\n}\n\nfunc main() { coremain.Run() }\n'
+  } >main.go
+  gofmt -w main.go
+  go mod tidy >/dev/null 2>&1
+  go build -p 2 -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .
+  mv "$out.tmp" "$out"
+}
+build_kube-router() {
+  build_plain kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2 \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router kube-router
 }
 
 build_plain() { # build_plain NAME VERSION MODULE PKG BINARY [LDFLAGS]

@@ -28,6 +28,12 @@ for ((i = ${#targets[@]} - 1; i >= 0; i--)); do
     log "stopped $name"
   fi
   rm -f "$(pid_file "$name")"
+  # The real node's containers, mounts and network state go with it, while the API server still
+  # runs (its Node object is deleted too).
+  if [[ $name == containerd ]] && ((${#only[@]} == 0)); then
+    stop_node_extras
+    log "removed the real node's containers, network and state"
+  fi
 done
 
 ((${#only[@]} > 0)) && exit 0
@@ -36,6 +42,11 @@ for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KAFKA_PORT" "$KAF
   port_open "$port" && busy+=("$port")
 done
 ((${#busy[@]} == 0)) || die "still listening on 127.0.0.1 port(s) ${busy[*]}"
+# A node whose services were already gone (killed, or a crashed session) is cleaned up too.
+[[ -n $(node_leftovers) ]] && stop_node_extras
+left=$(node_leftovers)
+[[ -z $left ]] || die "the real node left behind: ${left//$'\n'/, }"
+rm -f "$RUN_DIR/node.enabled"
 
 if $purge; then
   rm -rf "$RUN_DIR/data" "$RUN_DIR/certs" "$RUN_DIR/logs" "$RUN_DIR/env" "$RUN_DIR/kubeconfig"

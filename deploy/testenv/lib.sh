@@ -12,6 +12,8 @@ APISERVER_PORT=${IOT_TESTENV_APISERVER_PORT:-26443}
 KAFKA_PORT=${IOT_TESTENV_KAFKA_PORT:-29092}
 KAFKA_CONTROLLER_PORT=${IOT_TESTENV_KAFKA_CONTROLLER_PORT:-29093}
 MQTT_PORT=${IOT_TESTENV_MQTT_PORT:-21883}
+# Seconds between saves of the broker's sessions: what a kill -9 of Mosquitto can lose at most.
+MQTT_AUTOSAVE_SECONDS=${IOT_TESTENV_MQTT_AUTOSAVE_SECONDS:-2}
 # A test-only bearer token for the admin user; the API server listens on loopback only.
 ADMIN_TOKEN=iot-cloud-testenv-admin-token
 
@@ -25,6 +27,11 @@ TOOLS_BIN="$RUN_DIR/bin" # symlinks to every tool, put on PATH by the env file
 
 # The services in start order; down.sh stops them in reverse.
 SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kafka mosquitto)
+# shellcheck source=deploy/testenv/node.sh
+source "$TESTENV_DIR/node.sh"
+# With the real node (up.sh --node), its services come last.
+NODE_SERVICES=(containerd kubelet kube-proxy coredns kube-router)
+if node_enabled; then SERVICES+=("${NODE_SERVICES[@]}"); fi
 
 log() { printf '[testenv %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -5,6 +5,8 @@
 # Idempotent: a service that is already running is left alone.
 #
 #   deploy/testenv/up.sh                 build what is missing, start everything
+#   deploy/testenv/up.sh --node          the same plus a real node (node.sh): builds the node's
+#                                        binaries and the images (deploy/images/build.sh), runs real pods
 #   deploy/testenv/up.sh kafka mosquitto start (or restart after down.sh NAME) only these
 #
 # Afterwards `source deploy/testenv/.run/env` gives KUBECONFIG, IOT_KAFKA_BOOTSTRAP, IOT_MQTT_URL
@@ -67,6 +69,10 @@ ensure_tools() {
     rm -rf "$KAFKA_HOME" && mv "$KAFKA_HOME.tmp" "$KAFKA_HOME"
   fi
   "$TESTENV_DIR/install-mosquitto.sh"
+  if node_enabled; then
+    "$TESTENV_DIR/build-tools.sh" kubelet coredns kube-router
+    [[ -n ${IOT_IMAGE_ARCHIVES:-} ]] || "$REPO_ROOT/deploy/images/build.sh"
+  fi
   local t
   for t in "$K8S_BIN"/* "$ETCD_BIN/etcd" "$KWOK_BIN/kwok" "$HELM_BIN/helm" "$PROMTOOL_BIN/promtool"; do
     ln -sf "$t" "$TOOLS_BIN/"
@@ -106,11 +112,18 @@ EOF
 start_apiserver() {
   mkdir -p "$RUN_DIR/certs"
   [[ -f $RUN_DIR/certs/sa.key ]] || openssl genrsa -out "$RUN_DIR/certs/sa.key" 2048 2>/dev/null
-  echo "$ADMIN_TOKEN,admin,admin-uid,\"system:masters\"" >"$RUN_DIR/certs/tokens.csv"
+  {
+    echo "$ADMIN_TOKEN,admin,admin-uid,\"system:masters\""
+    if node_enabled; then node_token_lines; fi
+  } >"$RUN_DIR/certs/tokens.csv"
   # A small CA and a serving certificate for 127.0.0.1/localhost signed by it, so that clients
   # verify the server (kube-rs checks the IP SAN) instead of skipping TLS verification.
   local c="$RUN_DIR/certs"
-  if [[ ! -f $c/apiserver.crt ]]; then
+  # The serving certificate also names the `kubernetes` Service IP and the bridge address, for
+  # clients in pods on the real node.
+  local sans="IP:127.0.0.1,IP:$NODE_IP,IP:${SERVICE_CIDR%.0/16}.1,DNS:localhost,DNS:kubernetes"
+  sans+=",DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  if [[ ! -f $c/apiserver.crt ]] || ! grep -qxF "subjectAltName=$sans" "$c/apiserver.ext"; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=iot-cloud-testenv-ca" \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
       -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
@@ -118,20 +131,25 @@ start_apiserver() {
       -keyout "$c/apiserver.key" -out "$c/apiserver.csr" 2>/dev/null
     printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc" >"$c/apiserver.ext"
+      "subjectAltName=$sans" >"$c/apiserver.ext"
     openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
       -days 3650 -extfile "$c/apiserver.ext" -out "$c/apiserver.crt" 2>/dev/null
   fi
+  # With the real node, pods reach the API server through the `kubernetes` Service, whose endpoint
+  # is the advertise address (never loopback): bind every address, behind node.sh's ingress
+  # guard so that only loopback and the pod bridge get through.
+  local bind=127.0.0.1 advertise=127.0.0.1
+  if node_enabled; then bind=0.0.0.0 advertise=$NODE_IP; fi
   launch kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address="$bind" --advertise-address="$advertise" --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$RUN_DIR/certs/apiserver.crt" --tls-private-key-file="$RUN_DIR/certs/apiserver.key" \
     --client-ca-file="$RUN_DIR/certs/ca.crt" \
     --token-auth-file="$RUN_DIR/certs/tokens.csv" --authorization-mode=Node,RBAC \
     --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
     --service-account-key-file="$RUN_DIR/certs/sa.key" \
     --service-account-signing-key-file="$RUN_DIR/certs/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true \
+    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
     --enable-priority-and-fairness=false --max-requests-inflight=1000 --max-mutating-requests-inflight=500 \
     --profiling=false
   write_kubeconfig
@@ -139,13 +157,15 @@ start_apiserver() {
 }
 
 start_controller_manager() {
+  # The volume binder and the PV/PVC protection controllers run: the real node's broker keeps its
+  # sessions on a PersistentVolume that deploy/realnode/run.sh creates (there is no provisioner).
   launch kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$RUN_DIR/kubeconfig" --secure-port=0 --leader-elect=false \
     --service-account-private-key-file="$RUN_DIR/certs/sa.key" \
     --root-ca-file="$RUN_DIR/certs/ca.crt" \
     --kube-api-qps=500 --kube-api-burst=1000 --concurrent-deployment-syncs=10 \
     --concurrent-replicaset-syncs=10 --concurrent-gc-syncs=20 \
-    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-pvc-protection,-pv-protection'
+    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-attachdetach,-persistentvolume-expander,-ephemeral-volume'
   # Ready once the service-account controller has created the default namespace's account.
   wait_for kube-controller-manager 90 "$K8S_BIN/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" \
     get serviceaccount default -n default
@@ -189,14 +209,21 @@ EOF
 
 start_kafka() {
   local props="$RUN_DIR/kafka.properties" data="$RUN_DIR/data/kafka"
+  # With the real node, pods reach the broker on a second listener at the bridge address.
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if node_enabled; then
+    listeners+=",POD://$NODE_IP:$KAFKA_POD_PORT" advertised+=",POD://$NODE_IP:$KAFKA_POD_PORT"
+    protocols+=",POD:PLAINTEXT"
+  fi
   cat >"$props" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$data
 num.partitions=1
@@ -223,11 +250,28 @@ EOF
 }
 
 start_mosquitto() {
+  # With the real node, pods reach the broker on a second listener at the bridge address.
+  local pod_listener=""
+  if node_enabled; then pod_listener="listener $MQTT_PORT $NODE_IP"; fi
+  # Durable like the chart's broker: sessions and their queues are saved to disk every
+  # $MQTT_AUTOSAVE_SECONDS s and at a graceful stop, so `down.sh mosquitto; up.sh mosquitto` loses
+  # nothing. Packets are limited to the bridge's payload limit plus room for topic and properties
+  # (workers/src/bridge: MQTT_PACKET_OVERHEAD). Started as root, Mosquitto runs as its own user,
+  # which must own the data directory.
+  local data="$RUN_DIR/data/mosquitto"
+  mkdir -p "$data"
+  if [[ $EUID -eq 0 ]] && id mosquitto >/dev/null 2>&1; then chown mosquitto "$data"; fi
   cat >"$RUN_DIR/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
+$pod_listener
 allow_anonymous true
-persistence false
+persistence true
+persistence_location $data/
+autosave_interval $MQTT_AUTOSAVE_SECONDS
+persistent_client_expiration 1d
+max_packet_size $((256 * 1024 + 16 * 1024))
 max_queued_messages 1000000
+max_queued_bytes $((1024 * 1024 * 1024))
 max_inflight_messages 1000
 log_dest stdout
 log_type error
@@ -249,17 +293,45 @@ export IOT_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
 export IOT_TESTENV_RUN_DIR=$RUN_DIR
 case ":\$PATH:" in *":$TOOLS_BIN:"*) ;; *) export PATH=$TOOLS_BIN:\$PATH ;; esac
 EOF
+  if node_enabled; then
+    cat >>"$RUN_DIR/env" <<EOF
+# The real node: pods reach Kafka at IOT_POD_KAFKA_BOOTSTRAP, Mosquitto at IOT_POD_MQTT_URL, and
+# opt in to the node with its label as node selector and a toleration of its taint.
+export IOT_REAL_NODE=$NODE_NAME
+export IOT_POD_KAFKA_BOOTSTRAP=$NODE_IP:$KAFKA_POD_PORT
+export IOT_POD_MQTT_URL=mqtt://$NODE_IP:$MQTT_PORT
+export IOT_REAL_NODE_LABEL=$NODE_LABEL
+export IOT_REAL_NODE_TAINT=$NODE_TAINT
+export IOT_NODE_CONTAINERD=$CONTAINERD_SOCK
+EOF
+  fi
 }
 
 declare -A START=([etcd]=start_etcd [kube-apiserver]=start_apiserver
   [kube-controller-manager]=start_controller_manager [kube-scheduler]=start_scheduler
-  [kwok]=start_kwok [kafka]=start_kafka [mosquitto]=start_mosquitto)
+  [kwok]=start_kwok [kafka]=start_kafka [mosquitto]=start_mosquitto
+  [containerd]=start_containerd [kubelet]=start_kubelet [kube-proxy]=start_kube_proxy
+  [coredns]=start_coredns [kube-router]=start_kube_router)
 
 total=$SECONDS
-wanted=("$@")
+wanted=()
+for a in "$@"; do
+  if [[ $a == --node ]]; then
+    if ! node_enabled && service_pid kube-apiserver >/dev/null; then
+      die "the test environment runs without the real node; stop it first (deploy/testenv/down.sh)"
+    fi
+    if ! node_enabled; then
+      touch "$RUN_DIR/node.enabled"
+      SERVICES+=("${NODE_SERVICES[@]}")
+    fi
+  else
+    wanted+=("$a")
+  fi
+done
 if ((${#wanted[@]} == 0)); then
   stage "tools" ensure_tools
   wanted=("${SERVICES[@]}")
+  if node_enabled; then stage "node network and guards" start_node_network; fi
 fi
 for name in "${wanted[@]}"; do
   [[ -n ${START[$name]:-} ]] || die "unknown service '$name' (known: ${SERVICES[*]})"

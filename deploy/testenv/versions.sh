@@ -10,5 +10,9 @@ KAFKA_VERSION=4.1.1
 KAFKA_SCALA=2.13
 # Oldest Mosquitto that honours an MQTT 5 client's Receive Maximum (install-mosquitto.sh).
 MOSQUITTO_MIN_VERSION=2.0.13
+# The real node (up.sh node): cluster DNS and the NetworkPolicy enforcer; the kubelet and
+# kube-proxy come from the Kubernetes module at K8S_VERSION.
+COREDNS_VERSION=v1.14.7
+KUBE_ROUTER_VERSION=v2.1.0
 
 IOT_CACHE=${IOT_CACHE:-$HOME/.cache/iot-cloud}
