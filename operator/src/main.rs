@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use iot_operator::{controller, crd, registry};
 use iot_process::{admin, telemetry};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator for IoT Cloud.
@@ -80,10 +82,23 @@ struct RunArgs {
     /// Seconds a deleted DeviceType waits for an unreachable broker before leaving its topics.
     #[arg(long, env = "IOT_TOPIC_CLEANUP_TIMEOUT", default_value_t = 300)]
     topic_cleanup_timeout_seconds: u64,
+    /// Node selector of the enrichment pods, a JSON object of strings
+    /// (`{"kubernetes.io/os":"linux"}`); empty: none.
+    #[arg(long, env = "IOT_ENRICHMENT_NODE_SELECTOR", value_name = "JSON")]
+    enrichment_node_selector: Option<String>,
+    /// Tolerations of the enrichment pods, a JSON array of Kubernetes tolerations
+    /// (`[{"key":"dedicated","operator":"Equal","value":"iot","effect":"NoSchedule"}]`); empty: none.
+    #[arg(long, env = "IOT_ENRICHMENT_TOLERATIONS", value_name = "JSON")]
+    enrichment_tolerations: Option<String>,
     /// Elect a leader through a Lease so that several replicas can run; only the leader
     /// reconciles.
     #[arg(long, env = "IOT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// Name of the Deployment running this operator, in the watched namespace: it becomes the owner
+    /// of the registry ConfigMap and the leader Lease, so that uninstalling removes them. Empty:
+    /// no owner (an operator run from a terminal).
+    #[arg(long, env = "IOT_OPERATOR_DEPLOYMENT", value_name = "NAME")]
+    owner_deployment: Option<String>,
     /// Address of the admin endpoint (/livez, /readyz, /metrics).
     #[arg(long, env = "IOT_ADMIN_ADDR", default_value = "0.0.0.0:9100")]
     admin_addr: std::net::SocketAddr,
@@ -91,6 +106,13 @@ struct RunArgs {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging();
+    // Malformed settings fail before anything connects.
+    let enrichment_node_selector = controller::config::parse_enrichment_node_selector(
+        args.enrichment_node_selector.as_deref().unwrap_or_default(),
+    )?;
+    let enrichment_tolerations = controller::config::parse_enrichment_tolerations(
+        args.enrichment_tolerations.as_deref().unwrap_or_default(),
+    )?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster service account or KUBECONFIG)")?;
@@ -106,6 +128,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.scale_down_cooldown = Duration::from_secs(args.scale_down_cooldown_seconds);
     config.autoscale_interval = Duration::from_secs(args.autoscale_interval_seconds);
     config.topic_cleanup_timeout = Duration::from_secs(args.topic_cleanup_timeout_seconds);
+    config.enrichment_node_selector = enrichment_node_selector;
+    config.enrichment_tolerations = enrichment_tolerations;
+    if let Some(name) = args.owner_deployment.filter(|n| !n.is_empty()) {
+        config.owner = Some(owner_deployment(&client, &config.namespace, &name).await?);
+    }
     anyhow::ensure!(
         registry::is_valid_topic_prefix(&config.topic_prefix),
         "--topic-prefix {:?}: use 1-100 characters of [a-zA-Z0-9_-]",
@@ -142,7 +169,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
-        let election = controller::leader::LeaderElection::new(&config.namespace, &identity);
+        let mut election = controller::leader::LeaderElection::new(&config.namespace, &identity);
+        election.owner = config.owner.clone();
         let mut lost_rx = tokio::select! {
             rx = controller::leader::acquire(client.clone(), election) => rx,
             () = telemetry::shutdown_signal() => return Ok(()),
@@ -170,6 +198,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("leadership lost; exiting so the replica restarts as a candidate");
     }
     Ok(())
+}
+
+/// A non-controlling owner reference to the Deployment `name` (the one running this operator).
+async fn owner_deployment(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<OwnerReference> {
+    let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), namespace);
+    let deployment = api.get(name).await.with_context(|| {
+        format!(
+            "reading the operator's Deployment {name:?} in namespace {namespace:?} \
+             (--owner-deployment / IOT_OPERATOR_DEPLOYMENT)"
+        )
+    })?;
+    let uid = deployment.metadata.uid.with_context(|| {
+        format!("the Deployment {name:?} in namespace {namespace:?} has no uid")
+    })?;
+    Ok(OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: name.into(),
+        uid,
+        controller: Some(false),
+        block_owner_deletion: None,
+    })
 }
 
 fn main() -> anyhow::Result<()> {

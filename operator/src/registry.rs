@@ -1,11 +1,23 @@
 //! The enrichment context the workers read: every DeviceType and the active Applications of each,
-//! as JSON in the ConfigMap `iot-registry` (key `registry.json`), mounted as a file and reloaded
-//! on change, so that workers never call the Kubernetes API.
+//! as compact JSON, gzip-compressed, in the ConfigMap `iot-registry` (`binaryData` key
+//! [`CONFIG_MAP_BINARY_KEY`]), mounted as a file and reloaded on change, so that workers never
+//! call the Kubernetes API.
 //!
-//! [`build_registry`] is a pure function of the objects; the same input always gives the same
-//! bytes (maps and lists are sorted), so the operator can apply the ConfigMap only when it changed.
+//! [`build_registry`] is a pure function of the objects and [`encode`] a pure function of the
+//! registry; the same input always gives the same bytes (maps and lists are sorted, the gzip
+//! header carries no time stamp), so the operator can apply the ConfigMap only when it changed.
+//!
+//! A ConfigMap holds at most 1 MiB. Compression makes that about 20 times as many device types as
+//! pretty-printed JSON did, and the CRDs' size limits ([`crate::crd::limits`]) bound what one
+//! object adds; [`check_size`] is what the operator asks before writing, so that a registry that
+//! does not fit is reported instead of failing to write for ever.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
 
 use kube::{Resource, ResourceExt};
 
@@ -22,6 +34,90 @@ pub use iot_model::registry::{
     CONFIG_MAP_KEY, CONFIG_MAP_NAME, DEFAULT_NAMESPACE, FORMAT_VERSION, Registry,
     RegistryApplication, RegistryDeviceType, SharedTopics, Skipped,
 };
+
+/// Key of the registry in the ConfigMap's `binaryData`: compact JSON, gzip-compressed. The
+/// workers' volumes project it to the file they read, [`CONFIG_MAP_KEY`] (`registry.json`, at
+/// `iot_model::registry::mounted_file()`); they recognise gzip by its magic bytes, so a plain
+/// JSON file (`iot-operator registry -f ...`) works as well.
+pub const CONFIG_MAP_BINARY_KEY: &str = "registry.json.gz";
+
+/// Most compressed bytes the operator writes. The API server refuses a ConfigMap whose `data` and
+/// `binaryData` exceed 1 MiB (1,048,576 bytes); the rest is margin for the object's metadata in
+/// etcd (annotations, managed fields), whose limit is 1.5 MiB for the whole object.
+pub const MAX_COMPRESSED_BYTES: usize = 900 * 1024;
+
+/// Most bytes of registry JSON (uncompressed) the operator writes. The workers refuse to
+/// decompress more (`iot_workers::registry_file::MAX_JSON_BYTES`, a test keeps the two equal):
+/// a worker holds the whole registry in memory, and the cap protects it from a gzip bomb.
+pub const MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
+
+/// A registry serialised for the ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Length of the compact JSON.
+    pub json_bytes: usize,
+    /// The compact JSON, gzip-compressed: what the ConfigMap holds.
+    pub gzip: Vec<u8>,
+}
+
+/// Serialises `registry` as compact JSON and compresses it with gzip (the default level: level 9
+/// is twice as slow for under 1 % fewer bytes here). Deterministic: the header has no time stamp
+/// or file name.
+pub fn encode(registry: &Registry) -> Encoded {
+    let json = serde_json::to_vec(registry).expect("the registry serialises");
+    let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 8), Compression::default());
+    gz.write_all(&json).expect("writing to memory");
+    Encoded {
+        json_bytes: json.len(),
+        gzip: gz.finish().expect("writing to memory"),
+    }
+}
+
+/// Why the bytes of a ConfigMap are not a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not gzip data, or corrupt: {0}")]
+    Gzip(#[from] std::io::Error),
+    #[error("more than {MAX_JSON_BYTES} bytes of JSON")]
+    TooLarge,
+    #[error(transparent)]
+    Registry(#[from] iot_model::registry::RegistryError),
+}
+
+/// Reads what [`encode`] wrote.
+pub fn decode(gzip: &[u8]) -> Result<Registry, DecodeError> {
+    let mut json = Vec::new();
+    GzDecoder::new(gzip)
+        .take(MAX_JSON_BYTES as u64 + 1)
+        .read_to_end(&mut json)?;
+    if json.len() > MAX_JSON_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
+    Ok(Registry::from_json(&json)?)
+}
+
+/// A registry too large for the ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the registry would be {gzip_bytes} bytes gzip-compressed ({json_bytes} bytes of JSON), \
+     more than a ConfigMap holds (at most {MAX_COMPRESSED_BYTES} compressed, {MAX_JSON_BYTES} \
+     of JSON)"
+)]
+pub struct TooLarge {
+    pub gzip_bytes: usize,
+    pub json_bytes: usize,
+}
+
+/// Whether `encoded` may be written into the ConfigMap.
+pub fn check_size(encoded: &Encoded) -> Result<(), TooLarge> {
+    if encoded.gzip.len() > MAX_COMPRESSED_BYTES || encoded.json_bytes > MAX_JSON_BYTES {
+        return Err(TooLarge {
+            gzip_bytes: encoded.gzip.len(),
+            json_bytes: encoded.json_bytes,
+        });
+    }
+    Ok(())
+}
 
 fn object_id<K: ResourceExt>(object: &K) -> String {
     let namespace = object
@@ -433,3 +529,7 @@ mod tests {
         assert_eq!(registry.topics.deadletter, "staging.deadletter");
     }
 }
+
+#[cfg(test)]
+#[path = "registry_size_tests.rs"]
+mod size_tests;

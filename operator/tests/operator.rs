@@ -7,9 +7,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use iot_operator::controller::registry_sync;
 use iot_operator::crd::TopicNames;
 use iot_operator::kafka::topics::TopicAdmin;
-use iot_operator::registry::{CONFIG_MAP_KEY, Registry};
+use iot_operator::registry::{CONFIG_MAP_BINARY_KEY, Registry};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -127,7 +128,13 @@ async fn samples_reconcile_to_ready_with_topics_deployments_and_registry() {
 
     // An edited or deleted registry is put back within 5 seconds.
     let mut edited = cms.get("iot-registry").await.unwrap();
-    edited.data = Some([(CONFIG_MAP_KEY.to_string(), "{}".to_string())].into());
+    edited.binary_data = Some(
+        [(
+            CONFIG_MAP_BINARY_KEY.to_string(),
+            k8s_openapi::ByteString(b"{}".to_vec()),
+        )]
+        .into(),
+    );
     cms.replace("iot-registry", &PostParams::default(), &edited)
         .await
         .unwrap();
@@ -211,8 +218,7 @@ async fn restored_within_5s(cms: &Api<ConfigMap>, expected: &Registry) {
 }
 
 fn registry_of(cm: &ConfigMap) -> Option<Registry> {
-    let json = cm.data.as_ref()?.get(CONFIG_MAP_KEY)?;
-    serde_json::from_str(json).ok()
+    registry_sync::registry_in(cm)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -19,7 +19,8 @@ use kube::{Resource, ResourceExt};
 
 use super::config::OperatorConfig;
 use crate::crd::DeviceType;
-use iot_model::registry::{MOUNT_DIR, mounted_file};
+use crate::registry::CONFIG_MAP_BINARY_KEY;
+use iot_model::registry::{CONFIG_MAP_KEY, MOUNT_DIR, mounted_file};
 
 /// Port of the worker's admin endpoint (`/livez`, `/readyz`, `/metrics`).
 pub const ADMIN_PORT: i32 = 9102;
@@ -162,10 +163,23 @@ pub fn desired_enrichment_deployment(
                         ..PodSecurityContext::default()
                     }),
                     termination_grace_period_seconds: Some(30),
+                    // Left out when unset: server-side apply then does not own the fields, and
+                    // the operator does not fight whoever else sets them.
+                    node_selector: Some(config.enrichment_node_selector.clone())
+                        .filter(|s| !s.is_empty()),
+                    tolerations: Some(config.enrichment_tolerations.clone())
+                        .filter(|t| !t.is_empty()),
                     volumes: Some(vec![Volume {
                         name: "registry".into(),
+                        // The compressed registry, at the path the workers read by default
+                        // (`IOT_REGISTRY_FILE`); they recognise gzip by its magic bytes.
                         config_map: Some(ConfigMapVolumeSource {
                             name: config.registry_config_map.clone(),
+                            items: Some(vec![KeyToPath {
+                                key: CONFIG_MAP_BINARY_KEY.into(),
+                                path: CONFIG_MAP_KEY.into(),
+                                mode: None,
+                            }]),
                             ..ConfigMapVolumeSource::default()
                         }),
                         ..Volume::default()
@@ -182,6 +196,7 @@ pub fn desired_enrichment_deployment(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Toleration;
 
     fn sample() -> DeviceType {
         let mut dt: DeviceType = serde_json::from_value(serde_json::json!({
@@ -223,8 +238,46 @@ mod tests {
         assert_eq!(env["IOT_KAFKA_BOOTSTRAP"], "kafka:9092");
         assert_eq!(env["IOT_CONSUMER_GROUP"], "iot.smart_breaker.enrichment");
         assert_eq!(env["IOT_REGISTRY_FILE"], "/etc/iot-cloud/registry.json");
+        // ... where the volume puts the compressed registry.
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, "/etc/iot-cloud");
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(volume.name, mount.name);
+        let items = volume.config_map.as_ref().unwrap().items.as_ref().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("registry.json.gz", "registry.json")
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn configured_placement_reaches_the_pod_spec() {
+        let mut config = OperatorConfig::new("iot", "kafka:9092");
+        config.enrichment_node_selector = BTreeMap::from([("pool".into(), "iot".into())]);
+        config.enrichment_tolerations = vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("iot".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }];
+        let d = desired_enrichment_deployment(&sample(), &config, 1);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector, Some(config.enrichment_node_selector));
+        assert_eq!(pod.tolerations, Some(config.enrichment_tolerations));
+    }
+
+    #[test]
+    fn unset_placement_is_absent_from_the_applied_pod_spec() {
+        let config = OperatorConfig::new("iot", "kafka:9092");
+        let d = desired_enrichment_deployment(&sample(), &config, 1);
+        // What server-side apply sends: an absent field is not owned by the operator.
+        let pod = &serde_json::to_value(&d).unwrap()["spec"]["template"]["spec"];
+        assert!(pod.get("nodeSelector").is_none(), "{pod}");
+        assert!(pod.get("tolerations").is_none(), "{pod}");
+        assert!(pod.get("affinity").is_none(), "{pod}");
     }
 }

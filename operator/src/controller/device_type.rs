@@ -1,7 +1,7 @@
 //! Reconciling one DeviceType, in four steps:
 //!
-//! 1. **observe** ([`observe`]): what the broker has for its topics, the enrichment group's lag,
-//!    the replicas of its Deployment, the Applications registered for it;
+//! 1. **observe** ([`observe`]): what the broker has for its topics, the enrichment group's lag
+//!    (autoscaled types only), the replicas of its Deployment, the Applications registered for it;
 //! 2. **decide** ([`decide`], [`decide_invalid`], [`decide_cleanup`]): pure functions from the
 //!    resource and the observations to the topic changes, the replicas, the Deployment, the
 //!    conditions, the Events and the status fields;
@@ -24,7 +24,7 @@ use super::conditions::{Cond, Note};
 use super::config::OperatorConfig;
 use super::deployment::{desired_enrichment_deployment, enrichment_deployment_name};
 use super::error::{Error, Result};
-use super::scaling::{DownscaleWindow, replicas_for_lag};
+use super::scaling::{DownscaleWindow, LagReading, decide_replicas};
 use super::status;
 use super::{Context, FIELD_MANAGER, KIND_DEVICE_TYPE};
 use crate::crd::{
@@ -41,6 +41,8 @@ pub const SKIP_TOPIC_CLEANUP_ANNOTATION: &str = "iotcloud.dev/skip-topic-cleanup
 pub const TOPICS_READY: &str = "TopicsReady";
 pub const ENRICHMENT_READY: &str = "EnrichmentReady";
 pub const SPEC_VALID: &str = "SpecValid";
+/// Whether the enrichment group's lag could be read (autoscaled DeviceTypes only).
+pub const LAG_READABLE: &str = "LagReadable";
 
 /// The desired raw and enriched topics of `dt`.
 pub fn desired_topics(dt: &DeviceType, prefix: &str) -> Vec<DesiredTopic> {
@@ -81,8 +83,8 @@ pub struct Observed {
     /// Each desired topic with what the broker has (`None`: missing), or why Kafka could not be
     /// read.
     pub topics: Result<Vec<(DesiredTopic, Option<ObservedTopic>)>, KafkaError>,
-    /// Total lag of the enrichment group on the raw topic; `None` when it could not be read.
-    pub lag: Option<i64>,
+    /// Total lag of the enrichment group on the raw topic; read for autoscaled DeviceTypes only.
+    pub lag: LagReading,
     /// The enrichment Deployment, when it exists.
     pub deployment: Option<DeploymentReplicas>,
     /// Active Applications registered for the device type.
@@ -105,12 +107,13 @@ pub struct Decision {
     pub events: Vec<Note>,
     /// The scale-down window to keep for the next reconcile.
     pub downscale: DownscaleWindow,
-    /// `SpecValid`, `TopicsReady`, `EnrichmentReady`.
+    /// `SpecValid`, `TopicsReady`, `EnrichmentReady`, and `LagReadable` when autoscaled.
     pub conditions: Vec<Cond>,
     pub topics: TopicNames,
     /// Partitions the raw topic has (more than the spec asks for after a refused shrink).
     pub partitions: i32,
     pub replicas: ReplicaCounts,
+    /// The lag read, for the status (`None`: not read, or unreadable).
     pub lag: Option<i64>,
     pub applications: i32,
     /// When to look again.
@@ -228,17 +231,19 @@ pub fn decide(dt: &DeviceType, observed: &Observed, config: &OperatorConfig) -> 
         }
     }
 
-    // Replicas: what the scaling policy asks for, held up during an autoscaler's cool-down.
+    // Replicas: what the scaling policy asks for, held up during an autoscaler's cool-down, and
+    // held as they are while the lag cannot be read.
     let scaling = dt.spec.enrichment.scaling();
-    let wanted = replicas_for_lag(scaling, observed.lag, partitions);
     let current = observed.deployment.and_then(|d| d.desired);
-    let mut downscale = observed.downscale;
-    let replicas = match (scaling, current) {
-        (Scaling::Autoscale { .. }, Some(current)) => {
-            downscale.decide(current, wanted, observed.now, config.scale_down_cooldown)
-        }
-        _ => wanted,
-    };
+    let (replicas, downscale) = decide_replicas(
+        scaling,
+        &observed.lag,
+        current,
+        partitions,
+        observed.downscale,
+        observed.now,
+        config.scale_down_cooldown,
+    );
     let mut events = Vec::new();
     if let Some(current) = current
         && current != replicas
@@ -249,9 +254,14 @@ pub fn decide(dt: &DeviceType, observed: &Observed, config: &OperatorConfig) -> 
                 "enrichment replicas {current} -> {replicas} (lag {})",
                 observed
                     .lag
+                    .value()
                     .map_or("unknown".to_string(), |l| l.to_string())
             ),
         ));
+    }
+    let lag_cond = lag_condition(dt, &observed.lag, config, replicas);
+    if let Some(note) = lag_cond.as_ref().and_then(|c| lag_note(dt, c)) {
+        events.push(note);
     }
 
     let ready = observed.deployment.map_or(0, |d| d.ready);
@@ -266,6 +276,12 @@ pub fn decide(dt: &DeviceType, observed: &Observed, config: &OperatorConfig) -> 
         format!("{ready}/{replicas} replicas ready"),
     );
     let settled = topics_cond.ok && enrichment_cond.ok;
+    let mut conditions = vec![
+        Cond::new(SPEC_VALID, true, "Valid", "the spec is valid"),
+        topics_cond,
+        enrichment_cond,
+    ];
+    conditions.extend(lag_cond);
     let requeue = match scaling {
         Scaling::Autoscale { .. } => config.autoscale_interval,
         Scaling::Fixed { .. } if !settled => Duration::from_secs(5),
@@ -277,20 +293,66 @@ pub fn decide(dt: &DeviceType, observed: &Observed, config: &OperatorConfig) -> 
         deployment: desired_enrichment_deployment(dt, config, replicas),
         events,
         downscale,
-        conditions: vec![
-            Cond::new(SPEC_VALID, true, "Valid", "the spec is valid"),
-            topics_cond,
-            enrichment_cond,
-        ],
+        conditions,
         topics: names,
         partitions,
         replicas: ReplicaCounts {
             desired: replicas,
             ready,
         },
-        lag: observed.lag,
+        lag: observed.lag.value(),
         applications: observed.applications,
         requeue,
+    }
+}
+
+/// `LagReadable` of an autoscaled `dt` (`None` for fixed replicas, whose lag is not read), with
+/// the `replicas` held while it is false.
+fn lag_condition(
+    dt: &DeviceType,
+    lag: &LagReading,
+    config: &OperatorConfig,
+    replicas: i32,
+) -> Option<Cond> {
+    if let Scaling::Fixed { .. } = dt.spec.enrichment.scaling() {
+        return None;
+    }
+    let group = config.enrichment_group(&dt.spec.device_type);
+    match lag {
+        LagReading::NotRead => None,
+        LagReading::Read(_) => Some(Cond::new(
+            LAG_READABLE,
+            true,
+            "LagRead",
+            format!("the lag of consumer group {group} is read"),
+        )),
+        LagReading::Unreadable(why) => Some(Cond::new(
+            LAG_READABLE,
+            false,
+            "LagUnreadable",
+            format!(
+                "cannot read the lag of consumer group {group}: {why}; holding {replicas} \
+                 enrichment replicas until it can be read"
+            ),
+        )),
+    }
+}
+
+/// The Event when `LagReadable` flips from what the stored status says: a warning when the lag
+/// becomes unreadable (also on the first reading), a normal one when it is readable again.
+fn lag_note(dt: &DeviceType, cond: &Cond) -> Option<Note> {
+    let stored = dt
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == LAG_READABLE))
+        .map(|c| c.status == "True");
+    match (stored, cond.ok) {
+        (Some(false), true) => Some(Note::normal(
+            "LagReadable",
+            "the consumer lag is readable again; autoscaling resumes",
+        )),
+        (Some(true) | None, false) => Some(Note::warning("LagUnreadable", cond.message.clone())),
+        _ => None,
     }
 }
 
@@ -321,15 +383,25 @@ pub async fn observe(
         }
     };
     let id = dt.spec.device_type.as_str();
-    let lag = match &topics {
-        Err(_) => None,
-        Ok(_) => {
-            let raw = TopicNames::for_device_type(prefix, id).raw;
-            match ctx.lag.lag(&ctx.config.enrichment_group(id), &raw).await {
-                Ok(lag) => Some(lag),
+    let raw = TopicNames::for_device_type(prefix, id).raw;
+    let raw_missing = topics
+        .as_ref()
+        .is_ok_and(|seen| seen.iter().any(|(d, t)| d.name == raw && t.is_none()));
+    let lag = match (dt.spec.enrichment.scaling(), &topics) {
+        (Scaling::Fixed { .. }, _) => LagReading::NotRead,
+        (Scaling::Autoscale { .. }, Err(e)) => {
+            LagReading::Unreadable(format!("Kafka is unavailable: {e}"))
+        }
+        // The raw topic is created by this reconcile: nothing in it yet.
+        (Scaling::Autoscale { .. }, Ok(_)) if raw_missing => LagReading::Read(0),
+        (Scaling::Autoscale { .. }, Ok(_)) => {
+            let result = ctx.lag.lag(&ctx.config.enrichment_group(id), &raw).await;
+            ctx.metrics.lag_read(result.is_ok());
+            match result {
+                Ok(lag) => LagReading::Read(lag),
                 Err(e) => {
                     tracing::warn!(device_type = id, error = %e, "reading consumer lag failed");
-                    None
+                    LagReading::Unreadable(e.to_string())
                 }
             }
         }
@@ -437,8 +509,12 @@ pub async fn reconcile(dt: Arc<DeviceType>, ctx: Arc<Context>) -> Result<Action>
         .desired_replicas
         .with_label_values(&[id])
         .set(decision.replicas.desired.into());
-    if let Some(lag) = decision.lag {
-        ctx.metrics.consumer_lag.with_label_values(&[id]).set(lag);
+    match decision.lag {
+        Some(lag) => ctx.metrics.consumer_lag.with_label_values(&[id]).set(lag),
+        // Not read, or unreadable: no number rather than a stale one.
+        None => {
+            let _ = ctx.metrics.consumer_lag.remove_label_values(&[id]);
+        }
     }
 
     // An unreadable broker is already in the decided conditions; a failed change is not.

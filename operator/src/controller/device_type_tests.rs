@@ -68,7 +68,12 @@ fn observed(
             .into_iter()
             .map(|d| (d, topic.clone()))
             .collect()),
-        lag,
+        lag: lag.map_or(
+            LagReading::Unreadable(
+                "Offset fetch error: OperationTimedOut (Local: Timed out)".into(),
+            ),
+            LagReading::Read,
+        ),
         deployment: deployment.map(|(desired, ready)| DeploymentReplicas {
             desired: Some(desired),
             ready,
@@ -201,7 +206,7 @@ fn decide_table() {
                 topics: Err(KafkaError::AdminOp(
                     RDKafkaErrorCode::BrokerTransportFailure,
                 )),
-                lag: None,
+                lag: LagReading::NotRead,
                 ..observed(&dt, None, None, Some((2, 2)))
             },
             dt: dt.clone(),
@@ -328,6 +333,109 @@ fn the_scale_down_window_is_carried_between_reconciles() {
     let later = decide(&auto, &obs, &config);
     assert_eq!(later.replicas.desired, 1, "lowered after it");
     assert_eq!(reasons(&later.events), vec!["Scaled"]);
+}
+
+/// `dt` with `LagReadable` stored as `status` ("True" / "False").
+fn with_stored_lag_readable(mut dt: DeviceType, status: &str) -> DeviceType {
+    let cond = json!({ "type": LAG_READABLE, "status": status, "reason": "x", "message": "",
+                       "lastTransitionTime": "2026-01-01T00:00:00Z" });
+    dt.status = Some(serde_json::from_value(json!({ "conditions": [cond] })).unwrap());
+    dt
+}
+
+#[test]
+fn an_unreadable_lag_holds_the_replicas_with_a_condition_and_an_event() {
+    let auto = autoscaled();
+    let config = config();
+    let up_to_date = Some(observed_topic(3, TOPIC_CONFIG));
+    // Lag was high, the Deployment runs 3; now Kafka cannot say: 3 stay (not the minimum of 1).
+    let d = decide(
+        &auto,
+        &observed(&auto, up_to_date.clone(), None, Some((3, 3))),
+        &config,
+    );
+    assert_eq!(d.replicas.desired, 3);
+    assert_eq!(d.deployment.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(d.lag, None, "no lag in the status rather than a made-up 0");
+    assert_eq!(
+        d.downscale,
+        DownscaleWindow::default(),
+        "the cool-down starts over"
+    );
+    let c = cond(&d, LAG_READABLE);
+    assert_eq!((c.ok, c.reason), (false, "LagUnreadable"));
+    assert_eq!(
+        c.message,
+        "cannot read the lag of consumer group iot.smart_breaker.enrichment: Offset fetch error: \
+         OperationTimedOut (Local: Timed out); holding 3 enrichment replicas until it can be read"
+    );
+    assert_eq!(reasons(&d.events), vec!["LagUnreadable"]);
+    assert_eq!(d.events[0].type_, EventType::Warning);
+    assert_eq!(d.events[0].message, c.message);
+    assert_eq!(d.requeue, config.autoscale_interval);
+
+    // Still unreadable on the next reconcile: no new Event.
+    let stored_false = with_stored_lag_readable(auto.clone(), "False");
+    let d = decide(
+        &stored_false,
+        &observed(&stored_false, up_to_date.clone(), None, Some((3, 3))),
+        &config,
+    );
+    assert_eq!(reasons(&d.events), Vec::<&str>::new());
+
+    // Readable again: the condition clears, with a Normal Event; scaling down still waits for
+    // the cool-down.
+    let d = decide(
+        &stored_false,
+        &observed(&stored_false, up_to_date.clone(), Some(0), Some((3, 3))),
+        &config,
+    );
+    let c = cond(&d, LAG_READABLE);
+    assert_eq!((c.ok, c.reason), (true, "LagRead"));
+    assert_eq!(reasons(&d.events), vec!["LagReadable"]);
+    assert_eq!(d.replicas.desired, 3);
+    assert_eq!(d.lag, Some(0));
+
+    // Readable and stored readable: nothing to say.
+    let stored_true = with_stored_lag_readable(auto.clone(), "True");
+    let d = decide(
+        &stored_true,
+        &observed(&stored_true, up_to_date, Some(0), Some((3, 3))),
+        &config,
+    );
+    assert_eq!(reasons(&d.events), Vec::<&str>::new());
+}
+
+#[test]
+fn fixed_replicas_have_no_lag_condition() {
+    let dt = fixed(2);
+    let mut obs = observed(
+        &dt,
+        Some(observed_topic(3, TOPIC_CONFIG)),
+        None,
+        Some((2, 2)),
+    );
+    obs.lag = LagReading::NotRead;
+    let d = decide(&dt, &obs, &config());
+    assert!(d.conditions.iter().all(|c| c.type_ != LAG_READABLE));
+    assert_eq!((d.replicas.desired, d.lag), (2, None));
+    assert!(d.events.is_empty());
+}
+
+#[test]
+fn kafka_unreachable_makes_the_lag_of_an_autoscaled_type_unreadable_too() {
+    let auto = autoscaled();
+    let obs = Observed {
+        topics: Err(KafkaError::AdminOp(
+            RDKafkaErrorCode::BrokerTransportFailure,
+        )),
+        lag: LagReading::Unreadable("Kafka is unavailable: broker down".into()),
+        ..observed(&auto, None, None, Some((4, 4)))
+    };
+    let d = decide(&auto, &obs, &config());
+    assert_eq!(d.replicas.desired, 3, "held, within the partition count");
+    assert_eq!(cond(&d, TOPICS_READY).reason, "KafkaUnavailable");
+    assert_eq!(cond(&d, LAG_READABLE).reason, "LagUnreadable");
 }
 
 #[test]

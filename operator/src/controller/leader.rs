@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -24,6 +24,8 @@ pub struct LeaderElection {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_every: Duration,
+    /// Owner of the Lease (the operator's Deployment), so that uninstalling removes it.
+    pub owner: Option<OwnerReference>,
 }
 
 impl LeaderElection {
@@ -34,6 +36,7 @@ impl LeaderElection {
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
+            owner: None,
         }
     }
 }
@@ -66,28 +69,49 @@ pub fn may_take(
     }
 }
 
+fn lease_duration_seconds(le: &LeaderElection) -> i32 {
+    i32::try_from(le.lease_duration.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// The Lease a candidate creates when there is none: held by it since `now`.
+pub fn new_lease(le: &LeaderElection, now: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(le.lease_name.clone()),
+            namespace: Some(le.namespace.clone()),
+            owner_references: le.owner.clone().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(le.identity.clone()),
+            lease_duration_seconds: Some(lease_duration_seconds(le)),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// Adds `owner` to the owner references of `meta` unless it is there already (a Lease created
+/// before the operator had an owner gets it at its next renewal).
+fn add_owner(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) {
+    let Some(owner) = owner else { return };
+    let refs = meta.owner_references.get_or_insert_with(Vec::new);
+    if !refs.iter().any(|r| r.uid == owner.uid) {
+        refs.push(owner.clone());
+    }
+}
+
 /// One acquire-or-renew step.
 pub async fn try_acquire(api: &Api<Lease>, le: &LeaderElection) -> Result<Attempt, kube::Error> {
     let now = Timestamp::now();
-    let duration_s = i32::try_from(le.lease_duration.as_secs()).unwrap_or(i32::MAX);
     match api.get_opt(&le.lease_name).await? {
         None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(le.lease_name.clone()),
-                    namespace: Some(le.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(le.identity.clone()),
-                    lease_duration_seconds: Some(duration_s),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
+            match api
+                .create(&PostParams::default(), &new_lease(le, now))
+                .await
+            {
                 Ok(_) => Ok(Attempt::Leading),
                 // Another candidate created it first.
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Following {
@@ -114,7 +138,8 @@ pub async fn try_acquire(api: &Api<Lease>, le: &LeaderElection) -> Result<Attemp
                 spec.holder_identity = Some(le.identity.clone());
             }
             spec.renew_time = Some(MicroTime(now));
-            spec.lease_duration_seconds = Some(duration_s);
+            spec.lease_duration_seconds = Some(lease_duration_seconds(le));
+            add_owner(&mut lease.metadata, le.owner.as_ref());
             // Replace carries metadata.resourceVersion: a concurrent writer makes this fail (409).
             match api
                 .replace(&le.lease_name, &PostParams::default(), &lease)
@@ -186,5 +211,57 @@ mod tests {
         assert!(!may_take(Some("other"), Some(recent), d, "me", now));
         assert!(may_take(Some("other"), Some(old), d, "me", now));
         assert!(may_take(Some("other"), None, d, "me", now));
+    }
+
+    fn operator_deployment(uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "iot-cloud-operator".into(),
+            uid: uid.into(),
+            controller: Some(false),
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn a_new_lease_is_held_by_the_candidate_and_owned_by_the_operator_deployment() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut le = LeaderElection::new("iot", "pod-a");
+        let lease = new_lease(&le, now);
+        assert_eq!(lease.metadata.owner_references, None);
+        let spec = lease.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("pod-a"));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+        assert_eq!(spec.renew_time, Some(MicroTime(now)));
+
+        le.owner = Some(operator_deployment("uid-1"));
+        let lease = new_lease(&le, now);
+        assert_eq!(lease.metadata.name.as_deref(), Some("iot-operator-leader"));
+        assert_eq!(
+            lease.metadata.owner_references,
+            Some(vec![operator_deployment("uid-1")])
+        );
+    }
+
+    #[test]
+    fn an_existing_lease_gains_the_owner_once() {
+        let owner = operator_deployment("uid-1");
+        let mut meta = ObjectMeta::default();
+        add_owner(&mut meta, None);
+        assert_eq!(meta.owner_references, None);
+        add_owner(&mut meta, Some(&owner));
+        add_owner(&mut meta, Some(&owner));
+        assert_eq!(meta.owner_references, Some(vec![owner.clone()]));
+        // Another owner someone added is kept.
+        let mut meta = ObjectMeta {
+            owner_references: Some(vec![operator_deployment("uid-0")]),
+            ..ObjectMeta::default()
+        };
+        add_owner(&mut meta, Some(&owner));
+        assert_eq!(
+            meta.owner_references,
+            Some(vec![operator_deployment("uid-0"), owner])
+        );
     }
 }

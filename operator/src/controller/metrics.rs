@@ -1,6 +1,8 @@
 //! The operator's Prometheus metrics, registered in its own registry (served on `/metrics`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -16,6 +18,17 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Registry ConfigMap writes.
     pub registry_updates: IntCounterVec,
+    /// Consumer-lag readings of autoscaled DeviceTypes by result (`ok`, `error`).
+    pub lag_reads: IntCounterVec,
+    /// Size of the registry last built, by encoding (`gzip`: what the ConfigMap holds, `json`).
+    pub registry_bytes: IntGaugeVec,
+    /// Most compressed bytes the registry ConfigMap may hold.
+    pub registry_limit_bytes: IntGauge,
+    /// Registries not written, by reason (`too_large`: refused before writing, `api`: the API
+    /// server refused or failed the write).
+    pub registry_write_failures: IntCounterVec,
+    /// 1 when the registry ConfigMap holds the registry of the current objects, else 0.
+    pub registry_up_to_date: IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +85,41 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let registry_bytes = IntGaugeVec::new(
+            Opts::new(
+                "iot_operator_registry_bytes",
+                "Size of the registry last built, by encoding (gzip: what the ConfigMap holds)",
+            ),
+            &["encoding"],
+        )
+        .expect("valid metric");
+        let registry_limit_bytes = IntGauge::new(
+            "iot_operator_registry_limit_bytes",
+            "Most compressed bytes the registry ConfigMap may hold",
+        )
+        .expect("valid metric");
+        registry_limit_bytes.set(crate::registry::MAX_COMPRESSED_BYTES as i64);
+        let registry_write_failures = IntCounterVec::new(
+            Opts::new(
+                "iot_operator_registry_write_failures_total",
+                "Registries not written to the ConfigMap, by reason (too_large, api)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let registry_up_to_date = IntGauge::new(
+            "iot_operator_registry_up_to_date",
+            "1 when the registry ConfigMap holds the registry of the current objects",
+        )
+        .expect("valid metric");
+        let lag_reads = IntCounterVec::new(
+            Opts::new(
+                "iot_operator_lag_reads_total",
+                "Consumer-lag readings of autoscaled device types by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
@@ -79,6 +127,11 @@ impl Metrics {
             Box::new(desired_replicas.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(registry_updates.clone()),
+            Box::new(lag_reads.clone()),
+            Box::new(registry_bytes.clone()),
+            Box::new(registry_limit_bytes.clone()),
+            Box::new(registry_write_failures.clone()),
+            Box::new(registry_up_to_date.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -94,6 +147,13 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             registry_updates.with_label_values(&[result]);
+            lag_reads.with_label_values(&[result]);
+        }
+        for reason in ["too_large", "api"] {
+            registry_write_failures.with_label_values(&[reason]);
+        }
+        for encoding in ["gzip", "json"] {
+            registry_bytes.with_label_values(&[encoding]);
         }
         Self {
             registry,
@@ -103,7 +163,20 @@ impl Metrics {
             desired_replicas,
             consumer_lag,
             registry_updates,
+            lag_reads,
+            registry_bytes,
+            registry_limit_bytes,
+            registry_write_failures,
+            registry_up_to_date,
         }
+    }
+}
+
+impl Metrics {
+    /// Counts one consumer-lag reading.
+    pub fn lag_read(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.lag_reads.with_label_values(&[result]).inc();
     }
 }
 

@@ -1,5 +1,12 @@
 //! The operator's control loops: one kube-rs `Controller` per custom resource kind and a registry
-//! writer, sharing one [`Context`].
+//! writer, sharing one [`Context`] (which holds the operator's Kafka clients for its whole life).
+//!
+//! At start (after winning the leader election) the shared topics `{prefix}.enriched` and
+//! `{prefix}.deadletter` are created in the background, retried with backoff until the broker
+//! answers ([`create_shared_topics`]); readiness does not wait for it, because the operator's
+//! other work (Deployments, the registry ConfigMap) does not need Kafka. DeviceType reconciles
+//! check the shared topics too, at most once per resync interval, so that they are put back if
+//! deleted.
 
 pub mod application;
 pub mod conditions;
@@ -35,6 +42,7 @@ use error::Error;
 use iot_process::admin::Readiness;
 pub use metrics::Metrics;
 use scaling::DownscaleWindow;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "iot-operator";
@@ -55,8 +63,21 @@ pub struct Context {
     applications: Store<Application>,
     backoff: Mutex<HashMap<String, u32>>,
     downscale: Mutex<HashMap<String, DownscaleWindow>>,
-    shared_topics_checked: Mutex<Option<Instant>>,
+    /// The last check of the shared topics; one check at a time (concurrent reconciles wait for
+    /// it instead of all asking the broker).
+    shared_topics: tokio::sync::Mutex<SharedTopicsCheck>,
 }
+
+/// When the shared topics were last found in place, or last failed and why.
+#[derive(Default)]
+struct SharedTopicsCheck {
+    ok_at: Option<Instant>,
+    failed: Option<(Instant, rdkafka::error::KafkaError)>,
+}
+
+/// How long a failed check of the shared topics is answered from memory: during a Kafka outage,
+/// the reconciles queued behind a check that timed out do not each wait for their own timeout.
+const SHARED_TOPICS_FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 impl Context {
     /// A context over the given caches (the controllers' stores in [`run`]), talking to the
@@ -69,10 +90,13 @@ impl Context {
         applications: Store<Application>,
     ) -> Result<Self, Error> {
         let topics = KafkaTopicAdmin::new(&config.kafka_bootstrap, config.kafka_timeout)?;
-        let lag = KafkaLagReader {
-            bootstrap: config.kafka_bootstrap.clone(),
-            timeout: config.kafka_timeout,
-        };
+        // One lag client for the operator's life; it keeps only the commits of this prefix's
+        // groups (`{prefix}.{id}.enrichment`).
+        let lag = KafkaLagReader::new(
+            &config.kafka_bootstrap,
+            &format!("{}.", config.topic_prefix),
+            config.kafka_timeout,
+        )?;
         Ok(Self::with_kafka(
             client,
             config,
@@ -107,7 +131,7 @@ impl Context {
             metrics,
             backoff: Mutex::default(),
             downscale: Mutex::default(),
-            shared_topics_checked: Mutex::default(),
+            shared_topics: tokio::sync::Mutex::default(),
         }
     }
 
@@ -127,16 +151,36 @@ impl Context {
     }
 
     /// Makes sure `{prefix}.enriched` and `{prefix}.deadletter` exist; re-checked at most once per
-    /// resync interval.
+    /// resync interval, so that most calls cost a lock and a clock reading.
     pub async fn ensure_shared_topics(&self) -> Result<(), Error> {
-        let fresh = self
-            .shared_topics_checked
-            .lock()
-            .expect("lock")
-            .is_some_and(|t| t.elapsed() < self.config.resync);
-        if fresh {
+        let mut check = self.shared_topics.lock().await;
+        if check
+            .ok_at
+            .is_some_and(|t| t.elapsed() < self.config.resync)
+        {
             return Ok(());
         }
+        if let Some((at, e)) = &check.failed
+            && at.elapsed() < SHARED_TOPICS_FAILURE_MEMORY
+        {
+            return Err(Error::Kafka(e.clone()));
+        }
+        match self.create_shared_topics_now().await {
+            Ok(()) => {
+                *check = SharedTopicsCheck {
+                    ok_at: Some(Instant::now()),
+                    failed: None,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                check.failed = Some((Instant::now(), e.clone()));
+                Err(Error::Kafka(e))
+            }
+        }
+    }
+
+    async fn create_shared_topics_now(&self) -> Result<(), rdkafka::error::KafkaError> {
         let prefix = &self.config.topic_prefix;
         for name in [all_enriched_topic(prefix), deadletter_topic(prefix)] {
             let topic = DesiredTopic {
@@ -157,7 +201,6 @@ impl Context {
                 _ => {}
             }
         }
-        *self.shared_topics_checked.lock().expect("lock") = Some(Instant::now());
         Ok(())
     }
 
@@ -266,6 +309,35 @@ where
     Action::requeue(delay)
 }
 
+/// How long [`create_shared_topics`] waits after its first failure; doubled after each further
+/// one, up to [`SHARED_TOPICS_MAX_BACKOFF`].
+const SHARED_TOPICS_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const SHARED_TOPICS_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Creates the shared topics, retrying with capped exponential backoff until it succeeds or
+/// `stop` resolves. Run once at start, so that the dead-letter and all-types topics exist before
+/// the first DeviceType does (the bridge dead-letters messages of unknown types from the start).
+pub async fn create_shared_topics(ctx: &Context, stop: WaitForCancellationFutureOwned) {
+    tokio::pin!(stop);
+    let mut backoff = SHARED_TOPICS_FIRST_BACKOFF;
+    loop {
+        match ctx.ensure_shared_topics().await {
+            Ok(()) => {
+                tracing::info!("shared topics in place");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "creating the shared topics failed");
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(SHARED_TOPICS_MAX_BACKOFF);
+    }
+}
+
 /// Runs both controllers and the registry writer until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -351,6 +423,10 @@ pub async fn run(
         .run(application::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let registry_loop = registry_sync::run(ctx.clone(), readiness, stop.clone().cancelled_owned());
+    tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), stop.clone().cancelled_owned());
+        async move { create_shared_topics(&ctx, stop).await }
+    });
 
     tokio::spawn({
         let stop = stop.clone();

@@ -1,6 +1,7 @@
 //! Writing the status of a DeviceType or an Application, one way for both: the decided
 //! conditions plus their `Ready` summary, merged with the stored ones, the observed generation,
-//! a merge patch only when something changed, and the `Ready` transition's Event
+//! a merge patch only when something changed (removing the fields that were cleared), and the
+//! `Ready` transition's Event
 //! ([`conditions::ready_event`]).
 
 use std::fmt::Debug;
@@ -71,10 +72,22 @@ where
     if status == previous {
         return Ok(());
     }
+    let mut patch = json!(status);
+    // A merge patch keeps what it does not mention: a field the reconcile cleared (a lag that
+    // is no longer read) is removed explicitly.
+    if let (Some(fields), serde_json::Value::Object(stored)) =
+        (patch.as_object_mut(), json!(previous))
+    {
+        for key in stored.keys() {
+            if !fields.contains_key(key) {
+                fields.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+    }
     api.patch_status(
         &obj.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": status })),
+        &Patch::Merge(&json!({ "status": patch })),
     )
     .await
     .map_err(Error::Status)?;

@@ -10,6 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits::DESCRIPTION_MAX_LENGTH;
 use super::{ID_MAX_LENGTH, ID_PATTERN};
 
 /// The CEL check of `spec.contactEmail`: one `@`, no whitespace, a dot in the domain. The
@@ -88,8 +89,9 @@ pub struct ApplicationSpec {
     /// Who develops the application, e.g. `IoT Solutions Inc.` (1-100 characters).
     #[schemars(length(min = 1, max = 100))]
     pub developer: String,
-    /// What the application does.
+    /// What the application does (at most 1024 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DESCRIPTION_MAX_LENGTH))]
     pub description: Option<String>,
     /// Where the application runs: `web`, `mobile`, `desktop` or `api`.
     pub platform: Platform,

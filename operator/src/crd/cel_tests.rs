@@ -328,3 +328,104 @@ fn schema_constraints_are_in_the_generated_schema() {
         "applications carry no API key"
     );
 }
+
+/// The limits the structural schema cannot express (map keys, a total over measurements) are CEL
+/// rules.
+#[test]
+fn size_limits_that_need_cel() {
+    use super::limits::*;
+    let long = "x".repeat(NAME_MAX_LENGTH + 1);
+    let mut dt = breaker();
+    let voltage = dt.spec.measurements["voltage"].clone();
+    dt.spec.measurements.insert(long.clone(), voltage);
+    assert_eq!(
+        failures(validate_cel(&dt)),
+        ["spec.measurements: measurement names must be 1-64 characters long"]
+    );
+
+    let mut dt = breaker();
+    let power = dt.spec.measurements.get_mut("power").unwrap();
+    let factor = power.components["factor"].clone();
+    power.components.insert(long.clone(), factor);
+    dt.spec.manufacturers = vec![Manufacturer {
+        name: "ElectroCorp".into(),
+        ratings: [(long.clone(), "480V".into())].into(),
+        ..Manufacturer::default()
+    }];
+    assert_eq!(
+        failures(validate_cel(&dt)),
+        [
+            "spec.manufacturers[0].ratings: rating names must be 1-64 characters long",
+            "spec.measurements.power.components: component names must be 1-64 characters long",
+        ]
+    );
+
+    // 64 components in all pass (two measurements of 32); one more is refused, wherever it is.
+    let mut dt = breaker();
+    dt.spec.measurements.clear();
+    for m in ["m0", "m1", "m2"] {
+        let count = if m == "m2" {
+            0
+        } else {
+            COMPONENTS_MAX_PROPERTIES
+        };
+        let measurement = Measurement {
+            components: (0..count)
+                .map(|c| (format!("c{c}"), MeasurementComponent::default()))
+                .collect(),
+            ..Measurement::default()
+        };
+        dt.spec.measurements.insert(m.into(), measurement);
+    }
+    assert_eq!(failures(validate_cel(&dt)), Vec::<String>::new());
+    dt.spec
+        .measurements
+        .get_mut("m2")
+        .unwrap()
+        .components
+        .insert("extra".into(), MeasurementComponent::default());
+    assert_eq!(
+        failures(validate_cel(&dt)),
+        ["spec.measurements: at most 64 components over all measurements of a device type"]
+    );
+}
+
+#[test]
+fn the_largest_valid_device_type_passes_every_rule() {
+    // ASCII: kube's client-side CEL counts `size()` of a string in bytes, the API server (rightly)
+    // in characters. operator/tests/registry_scale.rs sends the API server multi-byte text.
+    let spec = super::limits::largest_device_type_spec("largest", &mut |n| "x".repeat(n));
+    let dt = DeviceType::new("largest", spec);
+    assert_eq!(failures(validate_cel(&dt)), Vec::<String>::new());
+}
+
+#[test]
+fn size_limits_are_in_the_generated_schema() {
+    let dt = serde_json::to_value(DeviceType::crd()).unwrap();
+    let props =
+        &dt["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(props["description"]["maxLength"], 1024);
+    assert_eq!(props["category"]["maxLength"], 64);
+    assert_eq!(props["capabilities"]["maxItems"], 32);
+    assert_eq!(props["capabilities"]["items"]["maxLength"], 64);
+    assert_eq!(props["locations"]["maxItems"], 64);
+    assert_eq!(props["manufacturers"]["maxItems"], 16);
+    assert_eq!(props["measurements"]["maxProperties"], 64);
+    let measurement = &props["measurements"]["additionalProperties"]["properties"];
+    assert_eq!(measurement["unit"]["maxLength"], 32);
+    assert_eq!(measurement["phases"]["maxItems"], 8);
+    assert_eq!(measurement["validValues"]["maxItems"], 16);
+    // An int-or-string item with a bound for its strings (no CEL: over unbounded strings its
+    // estimated cost exceeds the API server's budget).
+    let item = &measurement["validValues"]["items"];
+    assert_eq!(item["x-kubernetes-int-or-string"], true);
+    assert_eq!(item["maxLength"], 32);
+    assert_eq!(measurement["components"]["maxProperties"], 32);
+    assert_eq!(
+        props["topics"]["properties"]["config"]["additionalProperties"]["maxLength"],
+        1024
+    );
+    let app = serde_json::to_value(Application::crd()).unwrap();
+    let props = &app["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(props["description"]["maxLength"], 1024);
+}

@@ -11,6 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits::*;
 use super::measurement::{Manufacturer, Measurement};
 use super::topics::{RETENTION_PATTERN, TopicNames};
 use super::{ID_MAX_LENGTH, ID_PATTERN};
@@ -107,38 +108,60 @@ pub struct DeviceTypeSpec {
     #[x_kube(validation = Rule::new("self == oldSelf")
         .message("deviceType is immutable (it names the Kafka topics): create a new DeviceType instead"))]
     pub device_type: String,
-    /// Human-readable name, e.g. `Smart Circuit Breaker`.
-    #[schemars(length(min = 1, max = 100))]
+    /// Human-readable name, e.g. `Smart Circuit Breaker` (1-100 characters).
+    #[schemars(length(min = 1, max = DISPLAY_NAME_MAX_LENGTH))]
     pub display_name: String,
-    /// What the device is and does.
+    /// What the device is and does (at most 1024 characters: it is copied into the registry
+    /// every worker reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DESCRIPTION_MAX_LENGTH))]
     pub description: Option<String>,
-    /// Category, e.g. `electrical_protection`.
+    /// Category, e.g. `electrical_protection` (at most 64 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX_LENGTH))]
     pub category: Option<String>,
-    /// Capabilities, e.g. `voltage_monitoring`.
+    /// Capabilities, e.g. `voltage_monitoring` (at most 32, each 1-64 characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = CAPABILITIES_MAX_ITEMS),
+        inner(length(min = 1, max = NAME_MAX_LENGTH))
+    )]
     pub capabilities: Vec<String>,
-    /// Measurements by payload key (e.g. `voltage`), with units and valid ranges. At most 64
-    /// (bounds the cost of the CEL range rules).
+    /// Measurements by payload key (e.g. `voltage`), with units and valid ranges. At most 64,
+    /// with names of 1-64 characters and at most 64 components over all of them (bounds the
+    /// cost of the CEL range rules and the size of the registry).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = MEASUREMENTS_MAX_PROPERTIES))]
+    #[x_kube(
+        validation = Rule::new(KEYS_ARE_NAMES).message("measurement names must be 1-64 characters long"),
+        validation = Rule::new(COMPONENTS_TOTAL).message(COMPONENTS_TOTAL_MESSAGE)
+    )]
     pub measurements: BTreeMap<String, Measurement>,
-    /// Manufacturers and their models.
+    /// Manufacturers and their models (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MANUFACTURERS_MAX_ITEMS))]
     pub manufacturers: Vec<Manufacturer>,
-    /// Where such devices are installed, e.g. `substation_primary`.
+    /// Where such devices are installed, e.g. `substation_primary` (at most 64, each 1-64
+    /// characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = LOCATIONS_MAX_ITEMS),
+        inner(length(min = 1, max = NAME_MAX_LENGTH))
+    )]
     pub locations: Vec<String>,
-    /// Payload encoding, e.g. `json`.
+    /// Payload encoding, e.g. `json` (at most 64 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX_LENGTH))]
     pub data_format: Option<String>,
-    /// How often a device reports, as documented by the seed registry, e.g. `5_seconds`.
+    /// How often a device reports, as documented by the seed registry, e.g. `5_seconds` (at most
+    /// 64 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX_LENGTH))]
     pub update_frequency: Option<String>,
-    /// Retention promised to applications, as documented by the seed registry, e.g. `30_days`.
-    /// Descriptive only: `topics.retention` is what the broker enforces.
+    /// Retention promised to applications, as documented by the seed registry, e.g. `30_days`
+    /// (at most 64 characters). Descriptive only: `topics.retention` is what the broker enforces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX_LENGTH))]
     pub retention_policy: Option<String>,
     /// Settings of the raw and enriched Kafka topics.
     #[serde(default)]
@@ -190,9 +213,12 @@ pub struct TopicsSpec {
     #[schemars(length(max = 24), regex(pattern = RETENTION_PATTERN))]
     pub retention: Option<String>,
     /// Further topic configuration passed to Kafka verbatim, e.g. `cleanup.policy: delete`,
-    /// `max.message.bytes: "1048576"`.
+    /// `max.message.bytes: "1048576"` (at most 64 entries, values of at most 1024 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {"type": "string", "maxLength": TOPIC_CONFIG_VALUE_MAX_LENGTH}
+    ))]
     pub config: BTreeMap<String, String>,
 }
 

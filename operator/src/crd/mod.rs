@@ -8,6 +8,7 @@
 
 mod application;
 mod device_type;
+pub mod limits;
 pub mod manifests;
 mod measurement;
 pub mod topics;

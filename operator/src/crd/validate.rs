@@ -4,6 +4,9 @@
 //! the operator's validate stage (objects stored before a rule existed, or applied with an older
 //! CRD) and for manifests read from files. Each returns every problem, not only the first.
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::limits::*;
 use super::topics::parse_retention_ms;
 use super::{ApplicationSpec, DeviceTypeSpec, ID_MAX_LENGTH};
 
@@ -63,6 +66,177 @@ fn check_length(errors: &mut Vec<FieldError>, field: &str, value: &str, min: usi
     }
 }
 
+fn check_optional_length(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: &Option<String>,
+    max: usize,
+) {
+    if let Some(value) = value {
+        check_length(errors, field, value, 0, max);
+    }
+}
+
+fn check_count(errors: &mut Vec<FieldError>, field: &str, count: usize, max: usize) {
+    if count > max {
+        errors.push(error(
+            field,
+            format!("must have at most {max} entries, has {count}"),
+        ));
+    }
+}
+
+/// A list of names: at most `max` of them, each 1-[`NAME_MAX_LENGTH`] characters.
+fn check_names<'a>(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    names: impl ExactSizeIterator<Item = &'a String>,
+    max: usize,
+) {
+    check_count(errors, field, names.len(), max);
+    for (i, name) in names.enumerate() {
+        check_length(errors, &format!("{field}[{i}]"), name, 1, NAME_MAX_LENGTH);
+    }
+}
+
+fn check_valid_values(errors: &mut Vec<FieldError>, field: &str, values: &[IntOrString]) {
+    check_count(errors, field, values.len(), VALID_VALUES_MAX_ITEMS);
+    for (i, value) in values.iter().enumerate() {
+        if let IntOrString::String(s) = value {
+            check_length(
+                errors,
+                &format!("{field}[{i}]"),
+                s,
+                0,
+                VALID_VALUE_MAX_LENGTH,
+            );
+        }
+    }
+}
+
+/// The size limits of [`super::limits`], which bound what one DeviceType adds to the registry.
+fn check_device_type_sizes(errors: &mut Vec<FieldError>, spec: &DeviceTypeSpec) {
+    check_optional_length(
+        errors,
+        "description",
+        &spec.description,
+        DESCRIPTION_MAX_LENGTH,
+    );
+    for (field, value) in [
+        ("category", &spec.category),
+        ("dataFormat", &spec.data_format),
+        ("updateFrequency", &spec.update_frequency),
+        ("retentionPolicy", &spec.retention_policy),
+    ] {
+        check_optional_length(errors, field, value, NAME_MAX_LENGTH);
+    }
+    check_names(
+        errors,
+        "capabilities",
+        spec.capabilities.iter(),
+        CAPABILITIES_MAX_ITEMS,
+    );
+    check_names(
+        errors,
+        "locations",
+        spec.locations.iter(),
+        LOCATIONS_MAX_ITEMS,
+    );
+    check_count(
+        errors,
+        "manufacturers",
+        spec.manufacturers.len(),
+        MANUFACTURERS_MAX_ITEMS,
+    );
+    for (i, m) in spec.manufacturers.iter().enumerate() {
+        let field = format!("manufacturers[{i}]");
+        check_length(
+            errors,
+            &format!("{field}.name"),
+            &m.name,
+            1,
+            DISPLAY_NAME_MAX_LENGTH,
+        );
+        check_names(
+            errors,
+            &format!("{field}.models"),
+            m.models.iter(),
+            MODELS_MAX_ITEMS,
+        );
+        check_names(
+            errors,
+            &format!("{field}.ratings"),
+            m.ratings.keys(),
+            RATINGS_MAX_PROPERTIES,
+        );
+        for (key, value) in &m.ratings {
+            check_length(
+                errors,
+                &format!("{field}.ratings.{key}"),
+                value,
+                0,
+                DISPLAY_NAME_MAX_LENGTH,
+            );
+        }
+        check_optional_length(
+            errors,
+            &format!("{field}.protocol"),
+            &m.protocol,
+            NAME_MAX_LENGTH,
+        );
+    }
+    check_names(
+        errors,
+        "measurements",
+        spec.measurements.keys(),
+        MEASUREMENTS_MAX_PROPERTIES,
+    );
+    let components: usize = spec.measurements.values().map(|m| m.components.len()).sum();
+    if components > COMPONENTS_TOTAL_MAX {
+        errors.push(error(
+            "measurements",
+            format!("{COMPONENTS_TOTAL_MESSAGE}, has {components}"),
+        ));
+    }
+    for (name, m) in &spec.measurements {
+        let field = format!("measurements.{name}");
+        check_optional_length(errors, &format!("{field}.unit"), &m.unit, UNIT_MAX_LENGTH);
+        check_names(
+            errors,
+            &format!("{field}.phases"),
+            m.phases.iter(),
+            PHASES_MAX_ITEMS,
+        );
+        check_names(
+            errors,
+            &format!("{field}.components"),
+            m.components.keys(),
+            COMPONENTS_MAX_PROPERTIES,
+        );
+        check_valid_values(errors, &format!("{field}.validValues"), &m.valid_values);
+        for (component, part) in &m.components {
+            let field = format!("{field}.components.{component}");
+            check_optional_length(
+                errors,
+                &format!("{field}.unit"),
+                &part.unit,
+                UNIT_MAX_LENGTH,
+            );
+            check_valid_values(errors, &format!("{field}.validValues"), &part.valid_values);
+        }
+    }
+    check_count(errors, "topics.config", spec.topics.config.len(), 64);
+    for (key, value) in &spec.topics.config {
+        check_length(
+            errors,
+            &format!("topics.config.{key}"),
+            value,
+            0,
+            TOPIC_CONFIG_VALUE_MAX_LENGTH,
+        );
+    }
+}
+
 fn check_range(errors: &mut Vec<FieldError>, field: &str, min: Option<f64>, max: Option<f64>) {
     if let (Some(min), Some(max)) = (min, max)
         && min > max
@@ -83,7 +257,14 @@ pub fn device_type(spec: &DeviceTypeSpec) -> Vec<FieldError> {
             ),
         ));
     }
-    check_length(&mut errors, "displayName", &spec.display_name, 1, 100);
+    check_length(
+        &mut errors,
+        "displayName",
+        &spec.display_name,
+        1,
+        DISPLAY_NAME_MAX_LENGTH,
+    );
+    check_device_type_sizes(&mut errors, spec);
     for (name, measurement) in &spec.measurements {
         let field = format!("measurements.{name}");
         check_range(&mut errors, &field, measurement.min, measurement.max);
@@ -200,6 +381,12 @@ pub fn application(spec: &ApplicationSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();
     check_length(&mut errors, "displayName", &spec.display_name, 1, 100);
     check_length(&mut errors, "developer", &spec.developer, 1, 100);
+    check_optional_length(
+        &mut errors,
+        "description",
+        &spec.description,
+        DESCRIPTION_MAX_LENGTH,
+    );
     if let Some(category) = &spec.category {
         check_length(&mut errors, "category", category, 0, 50);
     }

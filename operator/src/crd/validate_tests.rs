@@ -235,3 +235,35 @@ fn application_fields() {
     spec.device_types.clear();
     assert!(fields(&application(&spec)).contains(&"deviceTypes"));
 }
+
+#[test]
+fn free_text_and_lists_have_size_limits() {
+    let mut spec = device_type_spec();
+    // Characters, not bytes, as the API server counts them.
+    spec.description = Some("é".repeat(1024));
+    assert_eq!(device_type(&spec), []);
+    spec.description = Some("x".repeat(1_100_000));
+    let voltage = spec.measurements.get_mut("voltage").unwrap();
+    voltage.unit = Some("u".repeat(33));
+    voltage.phases = (0..9).map(|i| format!("phase_{i}")).collect();
+    spec.capabilities = vec![String::new()];
+    let errors = device_type(&spec);
+    assert_eq!(
+        fields(&errors),
+        [
+            "description",
+            "capabilities[0]",
+            "measurements.voltage.unit",
+            "measurements.voltage.phases"
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors[0].to_string(),
+        "spec.description: must be 0-1024 characters long, is 1100000"
+    );
+
+    let mut app = application_spec();
+    app.description = Some("x".repeat(1025));
+    assert_eq!(fields(&application(&app)), ["description"]);
+}
