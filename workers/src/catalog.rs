@@ -1,4 +1,5 @@
-//! The registry (`registry.json`, written by the operator into ConfigMap `iot-registry`) compiled
+//! The registry (`registry.json`, written by the operator into ConfigMap `iot-registry`, read by
+//! [`crate::registry_file`], which decompresses it) compiled
 //! for the data path: one lookup per message gives the raw and enriched topics of a device type and
 //! the ready-made `device_metadata` and `application_registry` blocks of its enriched messages.
 

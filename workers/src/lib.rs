@@ -20,6 +20,7 @@ pub mod enrichment;
 #[path = "../tests/common/fixtures.rs"]
 mod fixtures;
 pub mod kafka;
+pub mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod payload;

@@ -2,7 +2,13 @@
 //! re-read when its contents change, so a new Application shows in the next enriched message
 //! without a restart. Kubernetes swaps a mounted ConfigMap atomically (a symlink), so comparing
 //! contents on a short poll ([`follow`]) is reliable and needs no inotify.
+//!
+//! The operator writes compact JSON, gzip-compressed (ConfigMap key `registry.json.gz`, which the
+//! pods' volumes project to `registry.json`); a plain JSON file (`iot-operator registry -f ...`,
+//! the test fixtures) works as well. [`read`] tells them apart by gzip's magic bytes, not by the
+//! file name, so the path does not matter.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +20,50 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Catalog;
 use crate::metrics::PipelineMetrics;
 
-/// Reads and compiles the registry file.
+/// Most bytes of JSON a compressed registry may expand to: a worker holds the whole registry in
+/// memory, and the cap keeps a corrupt or hostile file (a gzip bomb) from exhausting it. The
+/// operator writes no more (`iot_operator::registry::MAX_JSON_BYTES`, a test keeps them equal).
+pub const MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
+
+/// What every gzip stream starts with (RFC 1952); JSON never does.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The registry JSON in the contents of a registry file: decompressed when they are gzip, as they
+/// are otherwise.
+pub fn decode(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    decode_at_most(bytes, MAX_JSON_BYTES)
+}
+
+fn decode_at_most(bytes: Vec<u8>, most: usize) -> std::io::Result<Vec<u8>> {
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(bytes);
+    }
+    let mut json = Vec::with_capacity(bytes.len() * 8);
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .take(most as u64 + 1)
+        .read_to_end(&mut json)?;
+    if json.len() > most {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the compressed registry expands to more than {most} bytes"),
+        ));
+    }
+    Ok(json)
+}
+
+/// Reads the registry file at `path` as JSON (see [`decode`]).
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    decode(std::fs::read(path)?)
+}
+
+/// Reads and compiles the registry file; returns its contents as read (compressed or not: what
+/// [`follow`] compares) and the catalog.
 pub fn load(path: &Path, prefix: &str) -> anyhow::Result<(Vec<u8>, Catalog)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("reading the registry file {}", path.display()))?;
-    let catalog = Catalog::from_json(&bytes, prefix)
+    let json = decode(bytes.clone())
+        .with_context(|| format!("decompressing the registry file {}", path.display()))?;
+    let catalog = Catalog::from_json(&json, prefix)
         .with_context(|| format!("registry file {}", path.display()))?;
     if let Some(theirs) = &catalog.registry_prefix_mismatch {
         tracing::warn!(
@@ -72,9 +117,10 @@ pub fn watch(
     Ok(rx)
 }
 
-/// Reads `path` every `poll` until `stop` and calls `changed` with what it read whenever that
-/// differs from the previous read (`last`: what the caller already has; a read error counts as
-/// "nothing"). The one poller of the registry file, for the data-path workers and the dashboard.
+/// Reads `path` every `poll` until `stop` and calls `changed` with the JSON it holds ([`decode`])
+/// whenever the file differs from the previous read (`last`: the file's contents the caller
+/// already has, as read; a read error counts as "nothing"). The one poller of the registry file,
+/// for the data-path workers and the dashboard.
 pub async fn follow(
     path: &Path,
     poll: Duration,
@@ -95,7 +141,7 @@ pub async fn follow(
             continue;
         }
         last = current.cloned();
-        changed(read);
+        changed(read.and_then(decode));
     }
 }
 
@@ -104,6 +150,45 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    #[test]
+    fn plain_and_compressed_registries_are_read_alike() {
+        let registry = crate::fixtures::sample_registry("iot");
+        let plain = serde_json::to_vec_pretty(&registry).unwrap();
+        let compressed = iot_operator::registry::encode(&registry).gzip;
+        assert_eq!(decode(plain.clone()).unwrap(), plain);
+        let json = decode(compressed.clone()).unwrap();
+        assert_eq!(
+            iot_model::registry::Registry::from_json(&json).unwrap(),
+            registry
+        );
+
+        let dir = std::env::temp_dir().join(format!("iot-registry-{}", fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The name does not matter: the pods read the compressed registry as `registry.json`.
+        for (name, bytes) in [("registry.json", &compressed), ("plain.json", &plain)] {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let (read, catalog) = load(&path, "iot").unwrap();
+            assert_eq!(&read, bytes, "load returns the file as read, for follow");
+            assert_eq!(catalog.device_type_ids().len(), 3, "{name}");
+        }
+        std::fs::write(dir.join("broken"), [0x1f, 0x8b, 0, 1, 2]).unwrap();
+        let error = load(&dir.join("broken"), "iot").unwrap_err();
+        assert!(format!("{error:#}").contains("decompressing"), "{error:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_compressed_registry_may_not_expand_without_bound() {
+        let zeros = iot_operator::registry::encode(&iot_model::registry::Registry::empty("iot"));
+        let json_len = zeros.json_bytes;
+        assert!(decode_at_most(zeros.gzip.clone(), json_len).is_ok());
+        let error = decode_at_most(zeros.gzip, json_len - 1).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        // The operator never writes more than the workers accept.
+        assert_eq!(MAX_JSON_BYTES, iot_operator::registry::MAX_JSON_BYTES);
+    }
 
     #[tokio::test]
     async fn follow_reports_each_change_once_and_stops() {

@@ -85,12 +85,16 @@ pub enum Reason {
     OutOfRange,
     /// Kafka refused the record for good (e.g. larger than the broker accepts).
     ProduceFailed,
+    /// Kafka refused a record's output for good, even produced alone (larger than the output
+    /// topic's `max.message.bytes`, invalid, not authorised); header `detail` has the broker's
+    /// error (enrichment).
+    RejectedByKafka,
 }
 
 impl Reason {
     /// Every reason, so metrics can export each at 0 before the first dead letter (a counter that
     /// appears at 1 hides its first increase from `rate()` and `increase()`).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::UnexpectedTopic,
         Reason::Oversize,
         Reason::NotUtf8,
@@ -103,6 +107,7 @@ impl Reason {
         Reason::DeviceTypeMismatch,
         Reason::OutOfRange,
         Reason::ProduceFailed,
+        Reason::RejectedByKafka,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +124,7 @@ impl Reason {
             Reason::DeviceTypeMismatch => "device_type_mismatch",
             Reason::OutOfRange => "out_of_range",
             Reason::ProduceFailed => "produce_failed",
+            Reason::RejectedByKafka => "rejected_by_kafka",
         }
     }
 }
@@ -333,5 +339,6 @@ mod tests {
             "unregistered_device_type"
         );
         assert_eq!(Reason::NotUtf8.as_str(), "not_utf8");
+        assert_eq!(Reason::RejectedByKafka.as_str(), "rejected_by_kafka");
     }
 }

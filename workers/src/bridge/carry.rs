@@ -121,6 +121,11 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
                 acknowledge(&shared, &publish).await;
                 shared.acked();
             }
+            Err(DeliveryError::Fatal(e)) => {
+                // Not acknowledged: the session hands it to the restarted process.
+                shared.give_up(publish.connection);
+                shared.fail(e);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, topic = %publish.topic, "message not acknowledged; the broker will redeliver it");
                 shared.give_up(publish.connection);
@@ -160,13 +165,31 @@ async fn finish(
     .await
     {
         Ok(_) => return Ok(carried),
-        Err(DeliveryError::Aborted) => return Err(DeliveryError::Aborted),
+        Err(e @ (DeliveryError::Aborted | DeliveryError::Fatal(_))) => return Err(e),
         Err(e) if record.topic == catalog.deadletter_topic => return Err(e),
         Err(DeliveryError::TopicMissing(topic)) => Rejection::new(
             Reason::TopicMissing,
             format!("topic {topic} does not exist"),
         ),
-        Err(e) => Rejection::new(Reason::ProduceFailed, e.to_string()),
+        // The broker refuses a whole batch that exceeds the topic's `max.message.bytes`: only
+        // a record refused on its own is dead-lettered.
+        Err(DeliveryError::Permanent(_)) => {
+            match kafka::deliver_alone(
+                shared.isolating_producer()?,
+                &record,
+                &shared.metrics,
+                &shared.abort,
+            )
+            .await
+            {
+                Ok(_) => return Ok(carried),
+                Err(DeliveryError::Permanent(e)) => Rejection::new(
+                    Reason::RejectedByKafka,
+                    format!("Kafka refused the record for {}: {e}", record.topic),
+                ),
+                Err(e) => return Err(e),
+            }
+        }
     };
     let received = record
         .headers

@@ -61,7 +61,7 @@ fn read_result(read: std::io::Result<Vec<u8>>, path: &Path) -> Result<Vec<u8>, R
 
 /// The layout and status for the file's current contents.
 pub fn load(path: &Path, prefix: &str) -> (Result<Layout, RegistryError>, RegistryStatus) {
-    interpret(std::fs::read(path), path, prefix)
+    interpret(registry_file::read(path), path, prefix)
 }
 
 /// The layout and status for what a read of the file at `path` gave.

@@ -1,5 +1,12 @@
 //! At-least-once enrichment: concurrent produces, commits of the contiguous acknowledged prefix
 //! of each partition ([`OffsetTracker`]).
+//!
+//! A record is finished when all its outputs are acknowledged, or when the dead letter that
+//! replaces them is: an output Kafka refuses for good is produced again alone (on a second
+//! producer that puts every record in a batch of its own), and refused again it is dead-lettered
+//! (`rejected_by_kafka`), so the partition moves on. A dead letter that cannot be written keeps
+//! its record unfinished and is tried again with backoff while the worker reports not ready.
+//! Records in flight hold a share of the count of `--max-in-flight` and of the byte budget.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,12 +27,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Prepared, Setup, account, consumer_config, dead_letter_topic_missing, follow_registry,
-    partition_list, prepare, raw_topics, subscribe,
+    BLOCKED_BACKOFF_FIRST, Health, Prepared, Setup, account, consumer_config, cost,
+    dead_letter_rejected, dead_letter_topic_missing, follow_registry, next_backoff, partition_list,
+    prepare, producer_config, raw_topics, subscribe,
 };
 use crate::catalog::Catalog;
 use crate::clock;
-use crate::kafka::{self, DeliveryError};
+use crate::kafka::{self, DeliveryError, OutRecord};
+use crate::memory::{ByteBudget, BytePermit};
 use crate::metrics::PipelineMetrics;
 use crate::offsets::OffsetTracker;
 use crate::route::Reason;
@@ -85,8 +94,13 @@ type GroupConsumer = StreamConsumer<GroupContext>;
 /// What the record tasks share.
 struct Shared {
     producer: FutureProducer,
+    /// Outputs retried after a permanent refusal, and dead letters: one record per batch.
+    alone: FutureProducer,
     metrics: PipelineMetrics,
+    health: Health,
+    budget: ByteBudget,
     tracker: Arc<Mutex<OffsetTracker>>,
+    stop: CancellationToken,
     abort: CancellationToken,
     prefix: String,
     all_types_topic: bool,
@@ -95,21 +109,41 @@ struct Shared {
 pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let assigned = Arc::new(AtomicBool::new(false));
-    let consumer: GroupConsumer = consumer_config(&setup)
-        .create_with_context(GroupContext {
-            tracker: tracker.clone(),
-            assigned: assigned.clone(),
-        })
-        .context("creating the Kafka consumer")?;
-    let producer: FutureProducer =
-        kafka::producer_config(&setup.args.kafka, &format!("{}-producer", setup.group))
-            .create()
-            .context("creating the Kafka producer")?;
+    // Watched by the reachability check.
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        consumer_config(&setup)
+            .create_with_context(GroupContext {
+                tracker: tracker.clone(),
+                assigned: assigned.clone(),
+            })
+            .context("creating the Kafka consumer")?,
+    );
+    let producer: FutureProducer = producer_config(&setup, false)
+        .create()
+        .context("creating the Kafka producer")?;
+    let alone: FutureProducer = producer_config(&setup, true)
+        .create()
+        .context("creating the Kafka producer of records retried alone")?;
     let reachable = Arc::new(AtomicBool::new(false));
+    let probe = kafka::ReachabilityProbe::new(kafka::connection_config(&setup.args.kafka));
     kafka::watch_reachability(
-        producer.clone(),
+        {
+            // Weak: the consumer leaves its group when this function drops it, not when the
+            // watch ends.
+            let (producer, consumer) = (producer.clone(), Arc::downgrade(&consumer));
+            move || {
+                let consumer = consumer
+                    .upgrade()
+                    .map_or(kafka::Reachability::Reachable, |c| probe.check(c.client()));
+                probe.check(producer.client()).and(consumer)
+            }
+        },
         reachable.clone(),
         |_| {},
+        {
+            let health = setup.health.clone();
+            move |error| health.fatal(error)
+        },
         setup.done.clone(),
     );
     let prefix = setup.args.kafka.topic_prefix.clone();
@@ -119,8 +153,12 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared {
         producer: producer.clone(),
+        alone: alone.clone(),
         metrics: setup.metrics.clone(),
+        health: setup.health.clone(),
+        budget: setup.budget.clone(),
         tracker: tracker.clone(),
+        stop: setup.life.stop.clone(),
         abort: setup.life.abort.clone(),
         prefix,
         all_types_topic: setup.args.all_types_topic,
@@ -128,17 +166,22 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
     let max_in_flight = setup.args.max_in_flight;
     // A quarter of the window, so that the next batch is read while one is being delivered.
     let max_batch = (max_in_flight / 4).clamp(1, MAX_BATCH);
+    // Likewise a quarter of the byte budget: the raw records of a batch wait in memory for
+    // their share of it.
+    let max_batch_bytes = setup.budget.limit() / 4;
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let mut commit_tick =
         tokio::time::interval(Duration::from_millis(setup.args.commit_interval_ms));
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = setup.life.stop.clone();
+    let fatal = setup.health.fatal_raised.clone();
     loop {
-        let ready = assigned.load(Ordering::Relaxed) && reachable.load(Ordering::Relaxed);
-        setup.readiness.set(ready);
-        setup.metrics.connected.set(i64::from(ready));
+        let connected = assigned.load(Ordering::Relaxed) && reachable.load(Ordering::Relaxed);
+        setup.readiness.set(setup.health.ready(connected));
+        setup.metrics.connected.set(i64::from(connected));
         tokio::select! {
             biased;
+            () = fatal.cancelled() => break,
             () = stop.cancelled() => break,
             _ = commit_tick.tick() => commit(&consumer, &tracker, CommitMode::Async),
             Ok(()) = setup.catalog.changed() => follow_registry(&mut setup, &consumer, &mut topics)?,
@@ -147,9 +190,14 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
                     // Whatever else is already waiting joins the batch: one task, one tracker
                     // lock and one clock reading per batch instead of per record.
                     let mut batch = vec![message.detach()];
-                    while batch.len() < max_batch {
+                    let mut batch_bytes = raw_len(&batch[0]);
+                    while batch.len() < max_batch && batch_bytes < max_batch_bytes {
                         match consumer.recv().now_or_never() {
-                            Some(Ok(m)) => batch.push(m.detach()),
+                            Some(Ok(m)) => {
+                                let m = m.detach();
+                                batch_bytes += raw_len(&m);
+                                batch.push(m);
+                            }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "consume error");
                                 break;
@@ -161,6 +209,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
                     let permit = tokio::select! {
                         biased;
                         () = stop.cancelled() => break,
+                        () = fatal.cancelled() => break,
                         p = permits.clone().acquire_many_owned(n) => p.expect("semaphore never closed"),
                     };
                     let catalog = setup.catalog.borrow().clone();
@@ -174,6 +223,16 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(error) = setup.health.fatal_error() {
+        setup.readiness.set(false);
+        // What is finished is stored: commit it, so that less is consumed again after the
+        // restart. Nothing else is waited for: the producer is unusable.
+        commit(&consumer, &tracker, CommitMode::Sync);
+        anyhow::bail!(
+            "fatal Kafka producer error: {error}; exiting so that the process is restarted \
+             (records not committed are consumed again)"
+        );
+    }
     tracing::info!("stopping: finishing in-flight records");
     setup.readiness.set(false);
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
@@ -190,6 +249,10 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
     }
     tracing::info!("enrichment stopped");
     Ok(())
+}
+
+fn raw_len(message: &OwnedMessage) -> u64 {
+    message.payload().map_or(0, <[u8]>::len) as u64
 }
 
 /// Commits the finished prefix of every partition.
@@ -209,8 +272,10 @@ fn commit(consumer: &GroupConsumer, tracker: &Mutex<OffsetTracker>, mode: Commit
 
 /// Enriches a batch of records, hands their output records to the producer (in consumption
 /// order, which keeps each device's messages in order) and spawns the wait for their
-/// acknowledgements; each record's offset may be committed, and its permit is released, as soon
-/// as its outputs are acknowledged.
+/// acknowledgements; each record's offset may be committed, and its permits are released, as
+/// soon as its outputs are acknowledged. A record waits for its share of the byte budget before
+/// it is produced; on `stop` (or a fatal error) the rest of the batch is left unfinished, so it is
+/// consumed again.
 async fn process(
     shared: &Arc<Shared>,
     batch: Vec<OwnedMessage>,
@@ -233,6 +298,21 @@ async fn process(
             shared.all_types_topic,
             now,
         );
+        let bytes = cost(&message, &prepared);
+        let held = match shared.budget.try_acquire(bytes) {
+            Some(held) => held,
+            None => {
+                // What this batch started must be able to finish, and give its bytes back,
+                // while the rest waits.
+                spawn_deliveries(shared, std::mem::take(&mut work), &catalog);
+                tokio::select! {
+                    biased;
+                    () = shared.stop.cancelled() => return,
+                    () = shared.health.fatal_raised.cancelled() => return,
+                    held = shared.budget.acquire(bytes) => held,
+                }
+            }
+        };
         shared
             .metrics
             .received
@@ -244,16 +324,43 @@ async fn process(
             firsts.push(kafka::enqueue(&shared.producer, r).await);
         }
         let one = permit.split(1).expect("one permit per record");
-        work.push((message, prepared, firsts, one));
+        work.push(Work {
+            message,
+            prepared,
+            firsts,
+            permits: (one, held),
+        });
     }
-    let shared = shared.clone();
+    spawn_deliveries(shared, work, &catalog);
+}
+
+/// A record handed to the producer, with its share of the count and of the byte budget.
+struct Work {
+    message: OwnedMessage,
+    prepared: Prepared,
+    firsts: Vec<Result<DeliveryFuture, KafkaError>>,
+    permits: (OwnedSemaphorePermit, BytePermit),
+}
+
+/// Spawns the wait for the acknowledgements of `work`.
+fn spawn_deliveries(shared: &Arc<Shared>, work: Vec<Work>, catalog: &Arc<Catalog>) {
+    if work.is_empty() {
+        return;
+    }
+    let (shared, catalog) = (shared.clone(), catalog.clone());
     tokio::spawn(async move {
         // Concurrently, so that one record's retries do not hold up the others.
         let mut pending: FuturesUnordered<_> = work
             .into_iter()
-            .map(|(message, prepared, firsts, permit)| {
+            .map(|w| {
                 let (shared, catalog) = (&shared, &catalog);
                 async move {
+                    let Work {
+                        message,
+                        prepared,
+                        firsts,
+                        permits,
+                    } = w;
                     if deliver(shared, &message, catalog, prepared, firsts).await {
                         shared.tracker.lock().expect("tracker lock").finish(
                             message.topic(),
@@ -262,7 +369,7 @@ async fn process(
                         );
                     }
                     shared.metrics.in_flight.dec();
-                    drop(permit);
+                    drop(permits);
                 }
             })
             .collect();
@@ -270,8 +377,8 @@ async fn process(
     });
 }
 
-/// Waits for one record's outputs; true when it is finished (delivered, or dead-lettered because
-/// an output topic is missing).
+/// Waits for one record's outputs; true when it is finished: delivered, or replaced by its dead
+/// letter (an output topic is missing, or Kafka refused an output for good, even alone).
 async fn deliver(
     shared: &Shared,
     message: &OwnedMessage,
@@ -283,39 +390,132 @@ async fn deliver(
         kafka::deliver(&shared.producer, r, first, &shared.metrics, &shared.abort)
     });
     let outcomes = join_all(deliveries).await;
-    let missing = outcomes
-        .iter()
-        .any(|o| matches!(o, Err(DeliveryError::TopicMissing(_))));
-    match outcomes.iter().find_map(|o| o.as_ref().err()) {
+    // The dead letter that replaces the record's outputs, and its reason.
+    let mut replacement: Option<(OutRecord, Reason)> = None;
+    for (record, outcome) in prepared.records.iter().zip(outcomes) {
+        let error = match outcome {
+            Ok(_) => continue,
+            // The broker refuses a whole batch when it is too large for the topic: the
+            // record may only have shared one. Its own batch tells.
+            Err(DeliveryError::Permanent(_)) => {
+                shared.health.metrics.retried_alone.inc();
+                match kafka::deliver_alone(&shared.alone, record, &shared.metrics, &shared.abort)
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        match &error {
+            DeliveryError::Fatal(e) => {
+                shared.health.fatal(e.clone());
+                return false;
+            }
+            DeliveryError::Aborted => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "record not finished at shutdown; it will be consumed again"
+                );
+                return false;
+            }
+            // The record's output is its dead letter already: it is what cannot be written.
+            _ if prepared.result.is_err() => {
+                let reason = *prepared.result.as_ref().expect_err("a dead letter");
+                replacement.get_or_insert_with(|| (record.clone(), reason));
+            }
+            DeliveryError::TopicMissing(_) => {
+                replacement.get_or_insert_with(|| {
+                    (
+                        dead_letter_topic_missing(message, catalog),
+                        Reason::TopicMissing,
+                    )
+                });
+            }
+            DeliveryError::Permanent(_) => {
+                tracing::warn!(%error, topic = %record.topic, source_topic = message.topic(),
+                    partition = message.partition(), offset = message.offset(),
+                    "Kafka refused an enriched record for good; dead-lettering its source");
+                replacement.get_or_insert_with(|| {
+                    (
+                        dead_letter_rejected(message, catalog, &record.topic, &error),
+                        Reason::RejectedByKafka,
+                    )
+                });
+            }
+        }
+    }
+    match replacement {
         None => {
             account(&shared.metrics, &prepared.result, &prepared.kind);
             true
         }
-        Some(_) if missing && prepared.result.is_ok() => {
-            let fallback = &dead_letter_topic_missing(message, catalog);
-            let first = kafka::enqueue(&shared.producer, fallback).await;
-            let dl = kafka::deliver(
-                &shared.producer,
-                fallback,
-                first,
-                &shared.metrics,
-                &shared.abort,
-            )
-            .await;
-            if dl.is_ok() {
-                account(&shared.metrics, &Err(Reason::TopicMissing), &prepared.kind);
-            }
-            dl.is_ok()
+        Some((dead, reason)) => {
+            dead_letter_until_written(shared, message, &dead, reason, &prepared.kind).await
         }
-        Some(e) => {
-            tracing::warn!(
-                error = %e,
+    }
+}
+
+/// Writes the dead letter that replaces a record's outputs, alone. While it cannot be written
+/// (refused, or the dead-letter topic missing) the record stays unfinished, so its partition does
+/// not advance and nothing is lost, the worker is not ready, and the write is tried again with
+/// capped backoff until it succeeds or the grace period ends. True when written.
+async fn dead_letter_until_written(
+    shared: &Shared,
+    message: &OwnedMessage,
+    dead: &OutRecord,
+    reason: Reason,
+    kind: &str,
+) -> bool {
+    let mut backoff = BLOCKED_BACKOFF_FIRST;
+    let mut blocked = false;
+    let written = loop {
+        match kafka::deliver_alone(&shared.alone, dead, &shared.metrics, &shared.abort).await {
+            Ok(_) => {
+                account(&shared.metrics, &Err(reason), kind);
+                break true;
+            }
+            Err(DeliveryError::Fatal(e)) => {
+                shared.health.fatal(e);
+                break false;
+            }
+            Err(DeliveryError::Aborted) => break false,
+            Err(error) => {
+                shared.health.metrics.deadletter_failures.inc();
+                if blocked {
+                    tracing::warn!(%error, ?backoff, topic = message.topic(),
+                        partition = message.partition(), offset = message.offset(),
+                        "dead letter still cannot be written");
+                } else {
+                    blocked = true;
+                    shared.health.block();
+                    tracing::error!(%error, reason = reason.as_str(), deadletter_topic = %dead.topic,
+                        topic = message.topic(), partition = message.partition(),
+                        offset = message.offset(),
+                        "dead letter cannot be written: the record stays unfinished (its partition \
+                         does not advance), the worker is not ready, and the write is tried again");
+                }
+                tokio::select! {
+                    () = shared.abort.cancelled() => break false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = next_backoff(backoff);
+            }
+        }
+    };
+    if blocked {
+        shared.health.unblock();
+        if written {
+            tracing::info!(
                 topic = message.topic(),
                 partition = message.partition(),
                 offset = message.offset(),
-                "record not finished; it will be consumed again"
+                "dead letter written after all; the partition moves on"
             );
-            false
         }
     }
+    written
 }

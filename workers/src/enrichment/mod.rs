@@ -11,9 +11,27 @@
 //!
 //! The registry file is re-read on change; with `IOT_DEVICE_TYPE=all` a newly registered device
 //! type is subscribed to without a restart.
+//!
+//! No record freezes a partition, in either mode: an output Kafka refuses for good (larger than
+//! the topic's `max.message.bytes`, invalid, not authorised) is produced again alone, since the
+//! broker refuses whole batches and the record may only have shared one; refused again, the
+//! record goes to the dead-letter topic (reason `rejected_by_kafka`, the broker's error in
+//! `detail`) and its offset is committed. A dead letter that cannot be written either keeps its
+//! record unfinished (never lost), retried with backoff, and the worker unready ([`Health`]). A
+//! fatal producer error ends the process (not ready, non-zero exit): Kubernetes restarts it and
+//! what was not committed is consumed again.
+//!
+//! Work in flight is bounded by a count of records and by bytes ([`crate::memory`]:
+//! `IOT_MAX_IN_FLIGHT_BYTES`, default a quarter of the container's memory limit).
 
 pub mod at_least_once;
 pub mod exactly_once;
+mod health;
+mod transaction;
+
+pub use health::{
+    BLOCKED_BACKOFF_FIRST, BLOCKED_BACKOFF_MAX, EnrichmentMetrics, Health, next_backoff,
+};
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -37,6 +55,7 @@ use crate::cli::{self, KafkaArgs, RegistryArgs, ShutdownArgs};
 use crate::clock;
 use crate::enrich::{self, Enriched, Outcome, RecordInfo};
 use crate::kafka::{self, OutRecord, headers};
+use crate::memory::{self, ByteBudget};
 use crate::metrics::PipelineMetrics;
 use crate::registry_file;
 use crate::route::{Reason, Rejection};
@@ -71,6 +90,11 @@ pub struct EnrichmentArgs {
     /// Records consumed and not yet acknowledged on every output topic, at most (at-least-once).
     #[arg(long, env = "IOT_ENRICHMENT_MAX_IN_FLIGHT", default_value_t = 1000)]
     pub max_in_flight: usize,
+    /// Bytes in flight, at most (raw payloads plus produced outputs of the records being
+    /// processed; a record larger than the budget is processed alone). Default: a quarter of
+    /// the container's memory limit (cgroup), 64 MiB without one; above the limit is refused.
+    #[arg(long, env = "IOT_MAX_IN_FLIGHT_BYTES")]
+    pub max_in_flight_bytes: Option<u64>,
     /// How often finished offsets are committed, in milliseconds (at-least-once).
     #[arg(long, env = "IOT_COMMIT_INTERVAL_MS", default_value_t = 1000)]
     pub commit_interval_ms: u64,
@@ -128,6 +152,10 @@ pub struct Setup {
     pub life: Lifecycle,
     /// Set when the process is done (ends background tasks).
     pub done: CancellationToken,
+    /// The in-flight byte budget.
+    pub budget: ByteBudget,
+    /// Blocked records and fatal errors (part of readiness).
+    pub health: Health,
 }
 
 /// Runs the enrichment until `life.stop`, then finishes what is in flight (until `life.abort`).
@@ -138,8 +166,26 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
         args.transaction_max_records > 0,
         "--transaction-max-records must be at least 1"
     );
+    let limit = memory::memory_limit();
+    let budget = memory::choose_budget(args.max_in_flight_bytes, limit)
+        .context("--max-in-flight-bytes / IOT_MAX_IN_FLIGHT_BYTES")?;
     let metrics = PipelineMetrics::new("enrichment");
+    let extra = EnrichmentMetrics::new(&metrics.registry);
+    extra
+        .in_flight_bytes_limit
+        .set(i64::try_from(budget).unwrap_or(i64::MAX));
+    tracing::info!(
+        budget,
+        memory_limit = ?limit,
+        "in-flight byte budget (raw payloads plus produced outputs)"
+    );
+    let budget = ByteBudget::observed_by(
+        budget,
+        extra.in_flight_bytes.clone(),
+        extra.in_flight_bytes_peak.clone(),
+    );
     let readiness = Readiness::default();
+    let health = Health::new(readiness.clone(), extra);
     let started = runtime::start(
         args.admin_addr,
         readiness.clone(),
@@ -163,6 +209,8 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
         catalog,
         life,
         done,
+        budget,
+        health,
     };
     let result = if setup.args.exactly_once {
         exactly_once::run(setup).await
@@ -176,6 +224,7 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
 /// The consumer of both modes: manual offsets, `read_committed` (raw topics may one day be
 /// written transactionally; it costs nothing otherwise).
 pub fn consumer_config(setup: &Setup) -> ClientConfig {
+    let prefetch = memory::consumer_prefetch_bytes(setup.budget.limit());
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &setup.args.kafka.kafka_bootstrap)
@@ -186,12 +235,12 @@ pub fn consumer_config(setup: &Setup) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("topic.metadata.refresh.interval.ms", "10000")
-        // Prefetch bounded to about half a second of work (librdkafka's default is 64 MiB plus
-        // 50 MiB fetches): the enrichment is CPU-bound, a deeper queue only costs memory under
-        // overload.
-        .set("queued.max.messages.kbytes", "8192")
+        // Prefetch bounded to about half a second of work and to a quarter of the byte budget
+        // (librdkafka's default is 64 MiB plus 50 MiB fetches): the enrichment is CPU-bound, a
+        // deeper queue only costs memory under overload.
+        .set("queued.max.messages.kbytes", (prefetch / 1024).to_string())
         .set("queued.min.messages", "2000")
-        .set("fetch.max.bytes", "8388608")
+        .set("fetch.max.bytes", prefetch.to_string())
         .set(
             "session.timeout.ms",
             setup.args.session_timeout_ms.to_string(),
@@ -199,6 +248,22 @@ pub fn consumer_config(setup: &Setup) -> ClientConfig {
     if let Some(id) = &setup.args.instance_id {
         config.set("group.instance.id", id);
     }
+    config
+}
+
+/// The producer of both modes (`kafka::producer_config`), its queue in line with the byte budget;
+/// `alone`: every record in a batch of its own (`kafka::isolating_producer_config`).
+pub fn producer_config(setup: &Setup, alone: bool) -> ClientConfig {
+    let kafka = &setup.args.kafka;
+    let mut config = if alone {
+        kafka::isolating_producer_config(kafka, &format!("{}-producer-alone", setup.group))
+    } else {
+        kafka::producer_config(kafka, &format!("{}-producer", setup.group))
+    };
+    config.set(
+        "queue.buffering.max.kbytes",
+        memory::producer_queue_kbytes(setup.budget.limit()).to_string(),
+    );
     config
 }
 
@@ -299,6 +364,32 @@ pub fn dead_letter_topic_missing(message: &OwnedMessage, catalog: &Catalog) -> O
         catalog,
         &Rejection::new(Reason::TopicMissing, "an output topic does not exist"),
     )
+}
+
+/// The dead letter that replaces a record's outputs when Kafka refused one for good, even alone.
+pub fn dead_letter_rejected(
+    message: &OwnedMessage,
+    catalog: &Catalog,
+    topic: &str,
+    error: &kafka::DeliveryError,
+) -> OutRecord {
+    dead_letter(
+        message,
+        catalog,
+        &Rejection::new(
+            Reason::RejectedByKafka,
+            format!("Kafka refused the enriched record for {topic}: {error}"),
+        ),
+    )
+}
+
+/// Bytes a record holds while in flight (its [`ByteBudget`] share): its raw payload plus the
+/// payloads of its outputs (each is copied into the producer's queue). Keys and headers, a few
+/// hundred bytes, are left out.
+pub fn cost(message: &OwnedMessage, prepared: &Prepared) -> u64 {
+    let raw = message.payload().map_or(0, <[u8]>::len);
+    let out: usize = prepared.records.iter().map(|r| r.payload.len()).sum();
+    (raw + out) as u64
 }
 
 /// Enriches one consumed record (no I/O); `all_types`: also copy it to the all-types topic.
@@ -447,6 +538,33 @@ mod tests {
             dead_letter_topic_missing(&m, &catalog).topic,
             "iot.deadletter"
         );
+    }
+
+    #[test]
+    fn a_refused_record_is_dead_lettered_with_the_brokers_error_and_its_cost_counted() {
+        let catalog = Catalog::from_registry(&sample_registry("iot"), "iot");
+        let m = raw_record(
+            "iot.smart_meter.raw",
+            r#"{"device_id":"m-1","device_type":"smart_meter","measurements":{}}"#,
+        );
+        let p = prepare(&m, &catalog, "iot", true, clock::now());
+        let enriched: usize = p.records.iter().map(|r| r.payload.len()).sum();
+        assert_eq!(cost(&m, &p), (m.payload().unwrap().len() + enriched) as u64);
+        let error = kafka::DeliveryError::Permanent(rdkafka::error::KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        let d = dead_letter_rejected(&m, &catalog, "iot.smart_meter.enriched", &error);
+        let hs: std::collections::HashMap<_, _> = d.headers.iter().cloned().collect();
+        assert_eq!(d.topic, "iot.deadletter");
+        assert_eq!(hs["reason"], "rejected_by_kafka");
+        assert_eq!(hs["source"], "iot.smart_meter.raw/2@41");
+        assert!(
+            hs["detail"].contains("iot.smart_meter.enriched")
+                && hs["detail"].contains("MessageSizeTooLarge"),
+            "{}",
+            hs["detail"]
+        );
+        assert_eq!(&d.payload[..], m.payload().unwrap(), "the raw payload");
     }
 
     #[test]
