@@ -101,6 +101,13 @@ p.ts("Raw messages per device type", "Messages the bridge wrote to {prefix}.{dev
      [(rate("iot_bridge_messages_produced_total", "device_type"), "{{device_type}}")], "reqps", stack=True)
 p.ts("Enriched messages per device type", "Messages the enrichment wrote, by device type and destination kind.",
      [(rate("iot_enrichment_messages_produced_total", "device_type, kind"), "{{device_type}} {{kind}}")], "reqps")
+p.row("MQTT broker")
+p.ts("Messages dropped by the broker", "Publishes the MQTT broker dropped because a session's queue or in-flight window was full (its $SYS counter, read by the bridge). Any drop is a loss.",
+     [(f'max(increase(iot_mqtt_broker_dropped_messages_total{{{NS}}}[$__rate_interval]))', "dropped")], "short", w=12)
+p.ts("Messages held by the broker", "Messages the broker holds (queued for offline or slow sessions, in flight, retained) and their payload bytes.", [
+    (f'max(iot_mqtt_broker_stored_messages{{{NS}}})', "messages"),
+    (f'max(iot_mqtt_broker_stored_bytes{{{NS}}})', "bytes"),
+], "short", w=12)
 p.row("Lag and scaling")
 p.ts("Consumer lag per device type", "Raw messages the enrichment of each device type has still to process (read by the operator).",
      [(f'max by (device_type) (iot_operator_consumer_lag{{{NS}}})', "{{device_type}}")], "short")

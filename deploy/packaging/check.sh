@@ -75,7 +75,7 @@ declare -A VALUE_SETS=(
   [external]="-f $CHART/ci/external-values.yaml"
   [kind]="-f deploy/kind/values.yaml"
   [k3d]="-f deploy/k3d/values.yaml"
-  [all-on]="--set samples.enabled=true --set networkPolicy.enabled=true --set redpanda.persistence.enabled=false"
+  [all-on]="--set samples.enabled=true --set networkPolicy.enabled=true --set redpanda.persistence.enabled=false --set mosquitto.persistence.enabled=false"
   [minimal]="--set operator.enabled=false --set bridge.enabled=false --set simulator.enabled=false --set dashboard.enabled=false --set console.enabled=false --set redpanda.enabled=false --set kafka.bootstrap=kafka:9092 --set mosquitto.enabled=false --set mqtt.url=mqtt://broker:1883 --set networkPolicy.enabled=true --set monitoring.grafanaDashboards.enabled=false"
 )
 VALUE_SET_ORDER=(default external kind k3d all-on minimal)
@@ -214,9 +214,9 @@ helm_install() {
   ns=$(new_namespace install)
   echo "$ns" >"$INSTALL_NS_FILE"
   echo "-- helm install --wait into $ns (kwok runs every pod as a fake Running pod)"
-  # No PersistentVolume provisioner in the test environment: Redpanda on an emptyDir.
+  # No PersistentVolume provisioner in the test environment: Redpanda and Mosquitto on emptyDirs.
   helm install "$release" "$CHART" -n "$ns" --wait --timeout 3m \
-    --set samples.enabled=true --set networkPolicy.enabled=true --set redpanda.persistence.enabled=false
+    --set samples.enabled=true --set networkPolicy.enabled=true --set redpanda.persistence.enabled=false --set mosquitto.persistence.enabled=false
   kubectl get deploy,statefulset,pods,svc -n "$ns" -o wide
   local dts apps monitors
   dts=$(kubectl get devicetypes -n "$ns" -o name | wc -l)
@@ -313,8 +313,8 @@ YAML
   [[ -z $finalized ]] || { echo "sample DeviceTypes with finalizers: $finalized" >&2; return 1; }
   echo "sample DeviceTypes carry no finalizer (deletionPolicy Retain)"
   local types
-  types=$(kubectl get cm iot-registry -n "$ns" -o jsonpath='{.data.registry\.json}' |
-    python3 "$PY/registry_types.py")
+  types=$(kubectl get cm iot-registry -n "$ns" -o jsonpath='{.binaryData.registry\.json\.gz}' |
+    base64 -d | python3 "$PY/registry_types.py")
   echo "registry ConfigMap iot-registry: device types $types"
   [[ $(wc -w <<<"$types") == 3 ]] || { echo "expected the 3 sample device types in iot-registry" >&2; return 1; }
   if grep -iE 'forbidden|cannot (get|list|watch|create|patch|update|delete)' "$WORK/operator.log"; then

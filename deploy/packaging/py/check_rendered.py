@@ -9,11 +9,63 @@ line per finding) on: a cluster-scoped object (ClusterRole, ClusterRoleBinding, 
 a wildcard or Secret rule in a Role, a worker ServiceAccount that mounts its token or is bound
 to a Role, a pod that is not non-root with RuntimeDefault seccomp, a token in any pod but the
 operator's, a container without read-only root, dropped capabilities, resource requests and a
-memory limit, probes (except test pods) or a pinned image tag.
+memory limit, probes (except test pods) or a pinned image tag. Also checks that the placement of
+the enrichment pods (`enrichment.nodeSelector`, `enrichment.tolerations`) reaches the operator as
+IOT_ENRICHMENT_NODE_SELECTOR / IOT_ENRICHMENT_TOLERATIONS: JSON equal to the values in the sets
+whose values are known here (default, external), well-formed JSON in every set, absent when empty.
 """
+import json
 import sys
+from pathlib import Path
 
 import yaml
+
+CHART = Path(__file__).resolve().parents[3] / "charts" / "iot-cloud"
+# The values files of the value sets whose enrichment placement is checked exactly (the other
+# sets change no `enrichment` value); deploy/packaging/check.sh defines the sets.
+PLACEMENT_VALUES = {
+    "default": [CHART / "values.yaml"],
+    "external": [CHART / "values.yaml", CHART / "ci" / "external-values.yaml"],
+}
+# Operator env var, `enrichment` value, JSON type the operator parses.
+PLACEMENT_ENV = [
+    ("IOT_ENRICHMENT_NODE_SELECTOR", "nodeSelector", dict),
+    ("IOT_ENRICHMENT_TOLERATIONS", "tolerations", list),
+]
+
+
+def enrichment_placement(s):
+    """The (nodeSelector, tolerations) values of set `s`, or None when not known here."""
+    if s not in PLACEMENT_VALUES:
+        return None
+    placement = {}
+    for path in PLACEMENT_VALUES[s]:
+        enrichment = (yaml.safe_load(open(path)) or {}).get("enrichment", {})
+        for _, key, _ in PLACEMENT_ENV:
+            if key in enrichment:
+                placement[key] = enrichment[key]
+    return placement
+
+
+def check_operator_placement_env(s, d, err):
+    """The operator Deployment `d` passes the enrichment placement of set `s` in its env."""
+    container = next(c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    expected = enrichment_placement(s)
+    for name, key, kind in PLACEMENT_ENV:
+        if name in env:
+            try:
+                got = json.loads(env[name])
+            except (TypeError, ValueError) as e:
+                err(s, d, f"{name} is not JSON ({e}): {env[name]!r}")
+                continue
+            if not isinstance(got, kind) or not got:
+                err(s, d, f"{name} must be a non-empty JSON {kind.__name__} (omitted when empty): {env[name]!r}")
+                continue
+        else:
+            got = kind()
+        if expected is not None and got != (expected.get(key) or kind()):
+            err(s, d, f"{name} is {env.get(name, 'absent')!r}, expected enrichment.{key} {expected.get(key)!r}")
 
 
 def main():
@@ -52,6 +104,8 @@ def main():
                 if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
                     err(s, d, "pod seccompProfile is not RuntimeDefault")
                 component = d["metadata"]["labels"].get("app.kubernetes.io/component")
+                if component == "operator" and d["kind"] == "Deployment":
+                    check_operator_placement_env(s, d, err)
                 if component != "operator" and pod.get("automountServiceAccountToken") is not False:
                     err(s, d, "mounts a service account token (only the operator may)")
                 for c in pod["containers"]:
@@ -75,7 +129,7 @@ def main():
     if errors:
         print("\n".join(errors))
         sys.exit(1)
-    print(f"hardening, RBAC scope, probes, resources and image tags OK in {len(sets)} value sets")
+    print(f"hardening, RBAC scope, probes, resources, image tags and enrichment placement OK in {len(sets)} value sets")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,25 @@ def scan(path):
     return rows, undocumented
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """Refuses a mapping that repeats a key: YAML parsers keep the last one silently, so a repeated
+    key hides the value written before it."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} repeated", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def table(values, rows):
     def get(keys):
         v = values
@@ -81,7 +100,8 @@ def table(values, rows):
 
 def main():
     path, args = sys.argv[1], sys.argv[2:]
-    values = yaml.safe_load(open(path))  # parsed first: invalid YAML fails every mode
+    # Parsed first: invalid YAML or a repeated key fails every mode.
+    values = yaml.load(open(path), Loader=UniqueKeyLoader)
     rows, undocumented = scan(path)
     if args == ["--check"]:
         if undocumented:
