@@ -311,7 +311,9 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_workers_
     let raw = |id: &str| inst.mqtt_topic(id, "raw");
     let oversize = format!(
         r#"{{"device_id":"big","device_type":"smart_breaker","pad":"{}"}}"#,
-        "x".repeat(300 * 1024)
+        // Over the 256 KiB payload limit, within the broker's packet limit (payload limit +
+        // 16 KiB): the bridge receives it and dead-letters it.
+        "x".repeat(260 * 1024)
     );
     let too_hot = json!({"device_id": "sensor-9", "device_type": "environmental_sensor",
         "timestamp": "2025-08-20T18:00:54Z", "event_type": "telemetry",

@@ -54,7 +54,12 @@ pub fn missing_and_duplicates(
             }
         }
     }
-    let duplicates = seen.values().map(|n| u64::from(n - 1)).sum();
+    // Copies of the expected devices' messages only: a shared topic carries other runs too.
+    let duplicates = seen
+        .iter()
+        .filter(|((id, _), _)| expected.contains_key(id))
+        .map(|(_, n)| u64::from(n - 1))
+        .sum();
     (missing, duplicates)
 }
 
@@ -111,6 +116,12 @@ impl SeqCounter {
         self.seen.lock().unwrap().len()
     }
 
+    /// Distinct (device id, seq) pairs of the devices whose id starts with `prefix`.
+    pub fn distinct_with_prefix(&self, prefix: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.keys().filter(|(id, _)| id.starts_with(prefix)).count()
+    }
+
     /// (missing, duplicates) of `expected`.
     pub fn missing_and_duplicates(
         &self,
@@ -123,5 +134,43 @@ impl SeqCounter {
 impl Drop for SeqCounter {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// How a sequence-numbered load run ended: its summary and the records collected.
+pub struct Settled {
+    pub summary: Value,
+    pub records: Vec<Record>,
+    pub missing: usize,
+    pub duplicates: u64,
+}
+
+/// Waits for the load run `simulator` to end successfully, checks that it published
+/// `published` messages, then waits up to `settle` for every sequence number on `collector`
+/// (a lossy run never completes, so the wait ends there) and counts what is missing.
+pub async fn settle(
+    simulator: &mut super::Worker,
+    collector: &super::Collector,
+    published: u64,
+    settle: std::time::Duration,
+) -> Settled {
+    assert!(
+        simulator
+            .wait_exit(std::time::Duration::from_secs(120))
+            .await
+            .success()
+    );
+    let summary = summary(&simulator.stdout_text());
+    assert_eq!(summary["published"], published, "{summary}");
+    let expected = expected(&summary);
+    let records = collector
+        .wait_until_or_timeout(settle, |r| complete(&expected, r))
+        .await;
+    let (missing, duplicates) = missing_and_duplicates(&expected, &arrivals(&records));
+    Settled {
+        summary,
+        records,
+        missing: missing.len(),
+        duplicates,
     }
 }

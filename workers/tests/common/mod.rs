@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use fixtures::sample_registry;
 use iot_model::registry::Registry;
 use iot_testkit::{create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name};
+use iot_workers::kafka::{Reachability, ReachabilityProbe, STRANDED_LIMIT};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -159,6 +160,30 @@ impl Installation {
                 .chain(env.iter().map(|(k, v)| (*k, v.to_string())))
                 .collect(),
             &self.dir,
+        )
+    }
+
+    /// A load run of `devices` devices of mixed types, `per_device` sequence-numbered messages
+    /// each, `rate` messages per second in total.
+    pub fn load(&self, devices: u64, rate: u64, per_device: u64) -> Worker {
+        let (devices, rate, per_device) = (
+            devices.to_string(),
+            rate.to_string(),
+            per_device.to_string(),
+        );
+        self.simulator(
+            "load",
+            &[
+                "--load",
+                "--load-devices",
+                &devices,
+                "--load-device-type",
+                "mixed",
+                "--load-rate",
+                &rate,
+                "--load-messages-per-device",
+                &per_device,
+            ],
         )
     }
 
@@ -384,7 +409,12 @@ impl Drop for Worker {
 /// Sum of every sample of metric `name` on the `/metrics` of the admin endpoint at `port`; `None`
 /// when it does not answer.
 pub fn metric_sum_at(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
+    metric_sum_on("127.0.0.1", port, name)
+}
+
+/// Sum of every sample of metric `name` on `host:port/metrics` (e.g. a pod's admin port).
+pub fn metric_sum_on(host: &str, port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get_on(host, port, "/metrics")?;
     Some(
         body.lines()
             .filter(|l| {
@@ -397,9 +427,13 @@ pub fn metric_sum_at(port: u16, name: &str) -> Option<f64> {
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    http_get_on("127.0.0.1", port, path)
+}
+
+fn http_get_on(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -441,6 +475,17 @@ pub struct Collector {
 /// A consumer of every partition of `topics` from the beginning (assigned, no group join), for
 /// tests and benchmarks that count what arrived.
 pub fn reader_from_beginning(bootstrap: &str, topics: &[String], name: &str) -> StreamConsumer {
+    reader_from(bootstrap, topics, name, &HashMap::new())
+}
+
+/// A reader of every partition of `topics` from `next` (the next offset per topic and partition),
+/// from the beginning where `next` has none.
+fn reader_from(
+    bootstrap: &str,
+    topics: &[String],
+    name: &str,
+    next: &HashMap<(String, i32), i64>,
+) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name(name))
@@ -451,8 +496,11 @@ pub fn reader_from_beginning(bootstrap: &str, topics: &[String], name: &str) -> 
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
         for partition in 0..PARTITIONS {
+            let offset = next
+                .get(&(topic.clone(), partition))
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
             assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
+                .add_partition_offset(topic, partition, offset)
                 .unwrap();
         }
     }
@@ -460,17 +508,62 @@ pub fn reader_from_beginning(bootstrap: &str, topics: &[String], name: &str) -> 
     consumer
 }
 
+/// How long the collector waits for a record before it checks that its reader still reaches
+/// Kafka.
+const COLLECTOR_IDLE_CHECK: Duration = Duration::from_secs(5);
+
 impl Collector {
+    /// Collects every record of `topics`. A reader stranded by librdkafka after a Kafka restart
+    /// (see `iot_workers::kafka::Reachability::Stranded`) is replaced by a new one that goes on
+    /// where it stopped: the test's own reader is not what a test checks.
     pub fn start(bootstrap: &str, topics: &[String]) -> Self {
-        let consumer = reader_from_beginning(bootstrap, topics, "itest-collector");
+        let (bootstrap, topics) = (bootstrap.to_string(), topics.to_vec());
         let records = Arc::new(Mutex::new(Vec::new()));
         let notify = Arc::new(Notify::new());
         let task = tokio::spawn({
             let records = records.clone();
             let notify = notify.clone();
             async move {
+                let mut probe_config = ClientConfig::new();
+                probe_config.set("bootstrap.servers", &bootstrap);
+                let probe = Arc::new(ReachabilityProbe::new(probe_config));
+                let mut next = HashMap::new();
+                let mut consumer =
+                    Arc::new(reader_from(&bootstrap, &topics, "itest-collector", &next));
+                let mut stranded_since: Option<Instant> = None;
                 loop {
-                    match consumer.recv().await {
+                    let received = match tokio::time::timeout(COLLECTOR_IDLE_CHECK, consumer.recv())
+                        .await
+                    {
+                        Ok(received) => received,
+                        Err(_idle) => {
+                            let (c, probe) = (consumer.clone(), probe.clone());
+                            let found =
+                                tokio::task::spawn_blocking(move || probe.check(c.client()))
+                                    .await
+                                    .unwrap();
+                            if found != Reachability::Stranded {
+                                stranded_since = None;
+                                continue;
+                            }
+                            let since = *stranded_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= STRANDED_LIMIT {
+                                eprintln!(
+                                    "collector: its reader was stranded for {:?}; a new one goes on",
+                                    since.elapsed()
+                                );
+                                consumer = Arc::new(reader_from(
+                                    &bootstrap,
+                                    &topics,
+                                    "itest-collector",
+                                    &next,
+                                ));
+                                stranded_since = None;
+                            }
+                            continue;
+                        }
+                    };
+                    match received {
                         Ok(m) => {
                             let headers = m
                                 .headers()
@@ -496,6 +589,10 @@ impl Collector {
                                 payload: m.payload().unwrap_or_default().to_vec(),
                                 headers,
                             };
+                            next.insert(
+                                (record.topic.clone(), record.partition),
+                                record.offset + 1,
+                            );
                             records.lock().unwrap().push(record);
                             notify.notify_waiters();
                         }
@@ -532,6 +629,22 @@ impl Collector {
         timeout: Duration,
         mut done: impl FnMut(&[Record]) -> bool,
     ) -> Vec<Record> {
+        let records = self.wait_until_or_timeout(timeout, &mut done).await;
+        assert!(
+            done(&records),
+            "timed out after {timeout:?} waiting for {what}; collected {} records",
+            records.len()
+        );
+        records
+    }
+
+    /// Waits until `done` holds for the records collected or `timeout` passes, and returns the
+    /// records either way (for runs whose loss is measured rather than ruled out).
+    pub async fn wait_until_or_timeout(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.notify.notified();
@@ -542,14 +655,7 @@ impl Collector {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let records = self.records.lock().unwrap();
-                if done(&records) {
-                    return records.clone();
-                }
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; collected {} records",
-                    records.len()
-                );
+                return self.records.lock().unwrap().clone();
             }
         }
     }
@@ -559,4 +665,123 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Sets configuration entries of a topic (e.g. `max.message.bytes`), as an operator's
+/// `spec.topics.config` would. Non-incremental: entries not given return to the broker's default.
+pub async fn set_topic_config(bootstrap: &str, topic: &str, entries: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("kafka admin client");
+    let mut config = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in entries {
+        config = config.set(k, v);
+    }
+    let results = admin
+        .alter_configs(
+            &[config],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Kafka at {bootstrap}: configure topic {topic}: {e}"));
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("Kafka at {bootstrap}: configure {t:?}: {e}"));
+    }
+}
+
+/// A producer of raw records as the bridge writes them (key = device id, headers `kind`,
+/// `mqtt_topic`, `received_at`), for tests that feed the enrichment directly.
+pub struct RawProducer {
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl RawProducer {
+    pub fn new(bootstrap: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("message.max.bytes", "4000000")
+            .create()
+            .expect("test producer");
+        Self { producer }
+    }
+
+    /// Produces one raw record and waits for Kafka's acknowledgement: (partition, offset).
+    pub async fn send(&self, topic: &str, device_id: &str, payload: &[u8]) -> (i32, i64) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::FutureRecord;
+        let received_at = jiff::Timestamp::now().to_string();
+        let mqtt_topic = format!("itest/{device_id}/raw");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "kind",
+                value: Some("raw"),
+            })
+            .insert(Header {
+                key: "mqtt_topic",
+                value: Some(mqtt_topic.as_str()),
+            })
+            .insert(Header {
+                key: "received_at",
+                value: Some(received_at.as_str()),
+            });
+        let record = FutureRecord::to(topic)
+            .key(device_id)
+            .payload(payload)
+            .headers(headers);
+        let delivery = self
+            .producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
+    }
+}
+
+/// The lag of consumer group `group` on `topic`: the sum over its partitions of the high
+/// watermark minus the committed offset (a partition without a commit counts from 0).
+pub fn group_lag(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("lag consumer");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"));
+    (0..PARTITIONS)
+        .map(|partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+            let done = match committed
+                .find_partition(topic, partition)
+                .map(|p| p.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            high - done
+        })
+        .sum()
+}
+
+/// Peak resident set size of process `pid` so far (the kernel's `VmHWM`), in bytes; 0 when the
+/// process is gone.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
