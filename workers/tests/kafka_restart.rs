@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::loss::{arrivals, complete, expected, missing_and_duplicates, summary};
+use common::loss::settle;
 use common::{Installation, peak_rss};
 
 fn testenv(script: &str) {
@@ -88,21 +88,7 @@ async fn a_kafka_restart_mid_stream_loses_no_sequence_number() {
     const DEVICES: u64 = 10;
     let per_device = rate * (outage.as_secs() + 20) / DEVICES;
     let published = per_device * DEVICES;
-    let (rate_arg, per_device_arg) = (rate.to_string(), per_device.to_string());
-    let mut simulator = inst.simulator(
-        "load",
-        &[
-            "--load",
-            "--load-devices",
-            "10",
-            "--load-device-type",
-            "mixed",
-            "--load-rate",
-            &rate_arg,
-            "--load-messages-per-device",
-            &per_device_arg,
-        ],
-    );
+    let mut simulator = inst.load(DEVICES, rate, per_device);
     collector
         .wait_until("the stream flowing", Duration::from_secs(60), |r| {
             r.len() as u64 >= rate * 5
@@ -121,35 +107,26 @@ async fn a_kafka_restart_mid_stream_loses_no_sequence_number() {
     guard.0 = false;
     let _report = BrokerReport;
 
-    assert!(
-        simulator
-            .wait_exit(outage + Duration::from_secs(120))
-            .await
-            .success()
-    );
-    let summary = summary(&simulator.stdout_text());
-    assert_eq!(summary["published"], published, "{summary}");
-    let expected = expected(&summary);
-    let records = collector
-        .wait_until(
-            "every sequence number enriched",
-            Duration::from_secs(240) + outage,
-            |r| complete(&expected, r),
-        )
-        .await;
-    let (missing, duplicates) = missing_and_duplicates(&expected, &arrivals(&records));
+    let settled = settle(
+        &mut simulator,
+        &collector,
+        published,
+        Duration::from_secs(240) + outage,
+    )
+    .await;
     let peaks = [peak_rss(bridge.pid()), peak_rss(enrichment.pid())];
     eprintln!(
         "Kafka down {} s at {rate} msg/s after {at_outage} enriched: {} published, {} enriched records, \
-         {} missing, {duplicates} duplicates; peak RSS bridge {:.1} MiB, enrichment {:.1} MiB",
+         {} missing, {} duplicates; peak RSS bridge {:.1} MiB, enrichment {:.1} MiB",
         outage.as_secs(),
-        summary["published"],
-        records.len(),
-        missing.len(),
+        settled.summary["published"],
+        settled.records.len(),
+        settled.missing,
+        settled.duplicates,
         peaks[0] as f64 / 1048576.0,
         peaks[1] as f64 / 1048576.0
     );
-    assert_eq!(missing, Vec::<(String, u64)>::new());
+    assert_eq!(settled.missing, 0, "sequence numbers missing");
     assert!(
         bridge.is_running() && enrichment.is_running(),
         "both workers rode out the outage"

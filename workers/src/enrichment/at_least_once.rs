@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     BLOCKED_BACKOFF_FIRST, Health, Prepared, Setup, account, consumer_config, cost,
     dead_letter_rejected, dead_letter_topic_missing, follow_registry, next_backoff, partition_list,
-    prepare, producer_config, raw_topics, subscribe,
+    prepare, producer_config, raw_topics, subscribe, watch_reachability,
 };
 use crate::catalog::Catalog;
 use crate::clock;
@@ -124,28 +124,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
     let alone: FutureProducer = producer_config(&setup, true)
         .create()
         .context("creating the Kafka producer of records retried alone")?;
-    let reachable = Arc::new(AtomicBool::new(false));
-    let probe = kafka::ReachabilityProbe::new(kafka::connection_config(&setup.args.kafka));
-    kafka::watch_reachability(
-        {
-            // Weak: the consumer leaves its group when this function drops it, not when the
-            // watch ends.
-            let (producer, consumer) = (producer.clone(), Arc::downgrade(&consumer));
-            move || {
-                let consumer = consumer
-                    .upgrade()
-                    .map_or(kafka::Reachability::Reachable, |c| probe.check(c.client()));
-                probe.check(producer.client()).and(consumer)
-            }
-        },
-        reachable.clone(),
-        |_| {},
-        {
-            let health = setup.health.clone();
-            move |error| health.fatal(error)
-        },
-        setup.done.clone(),
-    );
+    let reachable = watch_reachability(&setup, &producer, &consumer);
     let prefix = setup.args.kafka.topic_prefix.clone();
     let mut topics = raw_topics(&setup.catalog.borrow(), &setup.args.device_type, &prefix);
     subscribe(&consumer, &topics)?;

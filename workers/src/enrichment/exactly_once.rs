@@ -32,10 +32,10 @@ use super::transaction::{
 use super::{
     BLOCKED_BACKOFF_FIRST, Prepared, Setup, account, consumer_config, cost, dead_letter_rejected,
     dead_letter_topic_missing, follow_registry, next_backoff, prepare, producer_config, raw_topics,
-    subscribe,
+    subscribe, watch_reachability,
 };
 use crate::clock;
-use crate::kafka::{self, DeliveryError};
+use crate::kafka::DeliveryError;
 use crate::memory::BytePermit;
 use crate::route::Reason;
 
@@ -97,28 +97,7 @@ pub(super) async fn run(mut setup: Setup) -> anyhow::Result<()> {
         .context("creating the transactional Kafka producer")?;
     block_in_place(|| producer.init_transactions(TXN_CALL_TIMEOUT))
         .with_context(|| format!("initialising transactions as {txn_id}"))?;
-    let reachable = Arc::new(AtomicBool::new(false));
-    let probe = kafka::ReachabilityProbe::new(kafka::connection_config(&setup.args.kafka));
-    kafka::watch_reachability(
-        {
-            // Weak: the consumer leaves its group when this function drops it, not when the
-            // watch ends.
-            let (producer, consumer) = (producer.clone(), Arc::downgrade(&consumer));
-            move || {
-                let consumer = consumer
-                    .upgrade()
-                    .map_or(kafka::Reachability::Reachable, |c| probe.check(c.client()));
-                probe.check(producer.client()).and(consumer)
-            }
-        },
-        reachable.clone(),
-        |_| {},
-        {
-            let health = setup.health.clone();
-            move |error| health.fatal(error)
-        },
-        setup.done.clone(),
-    );
+    let reachable = watch_reachability(&setup, &producer, &consumer);
     let prefix = setup.args.kafka.topic_prefix.clone();
     let mut topics = raw_topics(&setup.catalog.borrow(), &setup.args.device_type, &prefix);
     subscribe(&consumer, &topics)?;

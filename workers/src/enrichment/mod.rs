@@ -46,6 +46,7 @@ use iot_process::admin::Readiness;
 use jiff::Timestamp;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -219,6 +220,34 @@ pub async fn run(args: EnrichmentArgs, life: Lifecycle) -> anyhow::Result<()> {
     };
     drop(started);
     result
+}
+
+/// Watches that Kafka answers the producer and the consumer (see [`kafka::watch_reachability`]):
+/// the returned flag is part of readiness, and a stranded client is a fatal error.
+pub fn watch_reachability<C: ConsumerContext + 'static>(
+    setup: &Setup,
+    producer: &FutureProducer,
+    consumer: &Arc<StreamConsumer<C>>,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let reachable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = kafka::ReachabilityProbe::new(kafka::connection_config(&setup.args.kafka));
+    // Weak: the consumer leaves its group when the delivery loop drops it, not when the watch
+    // ends.
+    let (producer, consumer) = (producer.clone(), Arc::downgrade(consumer));
+    let health = setup.health.clone();
+    kafka::watch_reachability(
+        move || {
+            let consumer = consumer
+                .upgrade()
+                .map_or(kafka::Reachability::Reachable, |c| probe.check(c.client()));
+            probe.check(producer.client()).and(consumer)
+        },
+        reachable.clone(),
+        |_| {},
+        move |error| health.fatal(error),
+        setup.done.clone(),
+    );
+    reachable
 }
 
 /// The consumer of both modes: manual offsets, `read_committed` (raw topics may one day be
