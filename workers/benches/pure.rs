@@ -44,7 +44,12 @@ fn main() {
     let now = iot_workers::clock::now();
 
     bench("bridge: route (seed message)", 20_000, || {
-        let r = route::route("iot/breaker-001/raw", black_box(payload), &catalog, 262_144);
+        let r = route::route(
+            "iot/breaker-001/raw",
+            black_box(payload),
+            &catalog,
+            route::Checks::default(),
+        );
         black_box(r.is_ok());
     });
     bench("bridge: route (not JSON)", 20_000, || {
@@ -52,7 +57,7 @@ fn main() {
             "iot/breaker-001/raw",
             black_box(b"hello"),
             &catalog,
-            262_144,
+            route::Checks::default(),
         );
         black_box(r.is_err());
     });

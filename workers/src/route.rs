@@ -85,6 +85,9 @@ pub enum Reason {
     OutOfRange,
     /// Kafka refused the record for good (e.g. larger than the broker accepts).
     ProduceFailed,
+    /// The payload's `device_id` is not the device level of its MQTT topic: a device publishing
+    /// as another (bridge; off for fleets that publish through a gateway).
+    DeviceIdMismatch,
     /// Kafka refused a record's output for good, even produced alone (larger than the output
     /// topic's `max.message.bytes`, invalid, not authorised); header `detail` has the broker's
     /// error (enrichment).
@@ -94,7 +97,7 @@ pub enum Reason {
 impl Reason {
     /// Every reason, so metrics can export each at 0 before the first dead letter (a counter that
     /// appears at 1 hides its first increase from `rate()` and `increase()`).
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::UnexpectedTopic,
         Reason::Oversize,
         Reason::NotUtf8,
@@ -107,6 +110,7 @@ impl Reason {
         Reason::DeviceTypeMismatch,
         Reason::OutOfRange,
         Reason::ProduceFailed,
+        Reason::DeviceIdMismatch,
         Reason::RejectedByKafka,
     ];
 
@@ -124,6 +128,7 @@ impl Reason {
             Reason::DeviceTypeMismatch => "device_type_mismatch",
             Reason::OutOfRange => "out_of_range",
             Reason::ProduceFailed => "produce_failed",
+            Reason::DeviceIdMismatch => "device_id_mismatch",
             Reason::RejectedByKafka => "rejected_by_kafka",
         }
     }
@@ -170,10 +175,34 @@ pub struct Route {
 
 /// The message kind of an MQTT topic `{root}/{device_id}/{kind}`.
 pub fn kind_of_topic(mqtt_topic: &str) -> Option<Kind> {
+    topic_levels(mqtt_topic).map(|(_, kind)| kind)
+}
+
+/// The device id and message kind of an MQTT topic `{root}/{device_id}/{kind}`.
+fn topic_levels(mqtt_topic: &str) -> Option<(&str, Kind)> {
     let mut levels = mqtt_topic.rsplit('/');
     let kind = Kind::parse(levels.next()?)?;
     let device = levels.next()?;
-    (!device.is_empty() && levels.next().is_some()).then_some(kind)
+    (!device.is_empty() && levels.next().is_some()).then_some((device, kind))
+}
+
+/// What the bridge checks of a message besides its form.
+#[derive(Clone, Copy, Debug)]
+pub struct Checks {
+    /// Largest payload carried; larger ones are dead-lettered as `oversize`.
+    pub max_payload_bytes: usize,
+    /// The payload's `device_id` must be the topic's device level (`device_id_mismatch`
+    /// otherwise): with the broker's per-device topic ACLs, a device cannot publish as another.
+    pub device_id_matches_topic: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            device_id_matches_topic: true,
+        }
+    }
 }
 
 /// Decides where one MQTT message goes. Checks run from cheapest to dearest; the first failure
@@ -182,9 +211,10 @@ pub fn route(
     mqtt_topic: &str,
     payload: &[u8],
     catalog: &Catalog,
-    max_payload_bytes: usize,
+    checks: Checks,
 ) -> Result<Route, Rejection> {
-    let kind = kind_of_topic(mqtt_topic).ok_or_else(|| {
+    let max_payload_bytes = checks.max_payload_bytes;
+    let (topic_device, kind) = topic_levels(mqtt_topic).ok_or_else(|| {
         Rejection::new(
             Reason::UnexpectedTopic,
             format!(
@@ -203,6 +233,15 @@ pub fn route(
     }
     let object = RawObject::parse(payload)?;
     let device_id = object.device_id()?;
+    if checks.device_id_matches_topic && device_id != topic_device {
+        return Err(Rejection {
+            reason: Reason::DeviceIdMismatch,
+            detail: format!(
+                "payload device_id {device_id:?} is not the device {topic_device:?} of MQTT topic {mqtt_topic:?}"
+            ),
+            device_id: Some(device_id.to_string()),
+        });
+    }
     let device_type = object.device_type().map_err(|mut r| {
         r.device_id = Some(device_id.to_string());
         r
@@ -238,18 +277,25 @@ mod tests {
     use super::*;
     use crate::fixtures::sample_registry;
 
+    const CHECKS: Checks = Checks {
+        max_payload_bytes: 1000,
+        device_id_matches_topic: true,
+    };
+
     fn catalog() -> Catalog {
         Catalog::from_registry(&sample_registry("iot"), "iot")
     }
 
     fn reason(topic: &str, payload: &[u8]) -> Reason {
-        route(topic, payload, &catalog(), 1000).unwrap_err().reason
+        route(topic, payload, &catalog(), CHECKS)
+            .unwrap_err()
+            .reason
     }
 
     #[test]
     fn routes_by_device_type_with_the_device_id_as_key() {
         let payload = br#"{"device_id":"meter-7","device_type":"smart_meter","timestamp":"2025-08-20T18:00:54.117782Z","measurements":{}}"#;
-        let r = route("iot/meter-7/trends", payload, &catalog(), 1000).unwrap();
+        let r = route("iot/meter-7/trends", payload, &catalog(), CHECKS).unwrap();
         assert_eq!(r.topic, "iot.smart_meter.raw");
         assert_eq!(r.key, "meter-7");
         assert_eq!(r.device_type, "smart_meter");
@@ -260,7 +306,7 @@ mod tests {
         );
         // A custom topic root with several levels works, a missing timestamp is not an error.
         let payload = br#"{"device_id":"b1","device_type":"smart_breaker"}"#;
-        let r = route("site/a/b1/status", payload, &catalog(), 1000).unwrap();
+        let r = route("site/a/b1/status", payload, &catalog(), CHECKS).unwrap();
         assert_eq!((r.kind, r.device_timestamp), (Kind::Status, None));
     }
 
@@ -293,17 +339,40 @@ mod tests {
     }
 
     #[test]
+    fn a_device_id_other_than_the_topics_is_refused_unless_turned_off() {
+        let spoofed = br#"{"device_id":"meter-8","device_type":"smart_meter"}"#;
+        let r = route("iot/meter-7/raw", spoofed, &catalog(), CHECKS).unwrap_err();
+        assert_eq!(r.reason, Reason::DeviceIdMismatch);
+        assert_eq!(r.reason.as_str(), "device_id_mismatch");
+        assert_eq!(r.device_id.as_deref(), Some("meter-8"));
+        assert!(r.detail.contains("\"meter-7\""), "{}", r.detail);
+        // Checked before the device type: a spoofed message is refused for what it is.
+        let unregistered = br#"{"device_id":"x","device_type":"toaster"}"#;
+        assert_eq!(
+            reason("iot/meter-7/raw", unregistered),
+            Reason::DeviceIdMismatch
+        );
+        // A gateway publishes for its devices: the check can be turned off.
+        let gateway = Checks {
+            device_id_matches_topic: false,
+            ..CHECKS
+        };
+        let r = route("iot/gateway-1/raw", spoofed, &catalog(), gateway).unwrap();
+        assert_eq!(r.key, "meter-8");
+    }
+
+    #[test]
     fn rejections_keep_the_device_id_when_known() {
         let r = route(
             "iot/d/raw",
             br#"{"device_id":"d","device_type":"toaster"}"#,
             &catalog(),
-            1000,
+            CHECKS,
         )
         .unwrap_err();
         assert_eq!(r.device_id.as_deref(), Some("d"));
         assert!(r.detail.contains("toaster"), "{}", r.detail);
-        let r = route("iot/d/raw", b"[]", &catalog(), 1000).unwrap_err();
+        let r = route("iot/d/raw", b"[]", &catalog(), CHECKS).unwrap_err();
         assert_eq!(r.device_id, None);
         assert_eq!(r.detail, "payload is JSON an array, not an object");
     }
@@ -314,7 +383,7 @@ mod tests {
             "iot/b/raw",
             br#"{"device_id":"b","device_type":"smart_breaker"}"#,
             &Catalog::empty("iot"),
-            1000,
+            CHECKS,
         );
         assert_eq!(r.unwrap_err().reason, Reason::UnregisteredDeviceType);
     }

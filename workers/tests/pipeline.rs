@@ -341,6 +341,11 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_workers_
             raw("d6"),
             br#"{"device_id":"d6","device_type":"toaster"}"#.to_vec(),
         ),
+        (
+            "device_id_mismatch",
+            raw("d7"),
+            br#"{"device_id":"d8","device_type":"smart_breaker"}"#.to_vec(),
+        ),
         ("oversize", raw("big"), oversize.into_bytes()),
         (
             "out_of_range",

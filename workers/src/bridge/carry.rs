@@ -75,39 +75,35 @@ async fn carry(shared: &Arc<Shared>, incoming: Incoming) {
         .inc();
     let catalog = shared.catalog.borrow().clone();
     let received = clock::rfc3339(received_at);
-    let (record, carried) = match route::route(
-        &publish.topic,
-        publish.payload(),
-        &catalog,
-        shared.max_payload_bytes,
-    ) {
-        Ok(r) => {
-            let record = OutRecord {
-                topic: r.topic,
-                key: r.key,
-                payload: publish.payload().clone(),
-                headers: vec![
-                    (headers::MQTT_TOPIC, publish.topic.clone()),
-                    (headers::KIND, r.kind.as_str().to_string()),
-                    (headers::RECEIVED_AT, received),
-                    (headers::DEVICE_TYPE, r.device_type.clone()),
-                ],
-            };
-            let carried = Carried::Routed {
-                device_type: r.device_type,
-                kind: r.kind,
-                device_timestamp: r.device_timestamp,
-            };
-            (record, carried)
-        }
-        Err(rejection) => {
-            let reason = rejection.reason;
-            (
-                dead_letter(&catalog, &publish, &rejection, received),
-                Carried::DeadLettered(reason),
-            )
-        }
-    };
+    let (record, carried) =
+        match route::route(&publish.topic, publish.payload(), &catalog, shared.checks) {
+            Ok(r) => {
+                let record = OutRecord {
+                    topic: r.topic,
+                    key: r.key,
+                    payload: publish.payload().clone(),
+                    headers: vec![
+                        (headers::MQTT_TOPIC, publish.topic.clone()),
+                        (headers::KIND, r.kind.as_str().to_string()),
+                        (headers::RECEIVED_AT, received),
+                        (headers::DEVICE_TYPE, r.device_type.clone()),
+                    ],
+                };
+                let carried = Carried::Routed {
+                    device_type: r.device_type,
+                    kind: r.kind,
+                    device_timestamp: r.device_timestamp,
+                };
+                (record, carried)
+            }
+            Err(rejection) => {
+                let reason = rejection.reason;
+                (
+                    dead_letter(&catalog, &publish, &rejection, received),
+                    Carried::DeadLettered(reason),
+                )
+            }
+        };
     let first = kafka::enqueue(&shared.producer, &record).await;
     let shared = shared.clone();
     tokio::spawn(async move {

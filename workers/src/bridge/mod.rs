@@ -138,6 +138,11 @@ pub struct BridgeArgs {
     /// Largest payload carried, in bytes; larger ones are dead-lettered (`oversize`).
     #[arg(long, env = "IOT_MAX_PAYLOAD_BYTES", default_value_t = route::DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
+    /// Carry messages whose payload `device_id` is not their topic's device level (for fleets
+    /// that publish through a gateway); by default they are dead-lettered
+    /// (`device_id_mismatch`), so that a device cannot publish as another.
+    #[arg(long, env = "IOT_BRIDGE_ALLOW_DEVICE_ID_MISMATCH")]
+    pub allow_device_id_mismatch: bool,
     /// Bytes of messages in flight, at most: the Receive Maximum asked of the broker is lowered
     /// so that that many packets of the largest size fit. Default: a quarter of the container's
     /// memory limit (64 MiB without one); refused above the limit.
@@ -193,7 +198,7 @@ struct Shared {
     client: AsyncClient,
     metrics: PipelineMetrics,
     catalog: watch::Receiver<Arc<Catalog>>,
-    max_payload_bytes: usize,
+    checks: route::Checks,
     abort: CancellationToken,
     progress: Progress,
     /// Finished messages whose PUBACK is not queued yet (the drain waits for 0).
@@ -390,7 +395,10 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         client: client.clone(),
         metrics: metrics.clone(),
         catalog,
-        max_payload_bytes: args.max_payload_bytes,
+        checks: route::Checks {
+            max_payload_bytes: args.max_payload_bytes,
+            device_id_matches_topic: !args.allow_device_id_mismatch,
+        },
         abort: life.abort.clone(),
         progress: Progress::default(),
         acks_owed: AtomicU64::new(0),
