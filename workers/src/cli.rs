@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::mqtt_security::{MqttSecurity, MqttSecurityArgs};
+
 /// Where the operator mounts ConfigMap `iot-registry` in the worker pods (its
 /// `REGISTRY_MOUNT`/`CONFIG_MAP_KEY`; a test keeps the two in step).
 pub const DEFAULT_REGISTRY_FILE: &str = "/etc/iot-cloud/registry.json";
@@ -35,6 +37,17 @@ pub struct MqttArgs {
     /// installations can share one broker.
     #[arg(long, env = "IOT_MQTT_TOPIC_ROOT", default_value = "iot")]
     pub mqtt_topic_root: String,
+    #[command(flatten)]
+    pub security: MqttSecurityArgs,
+}
+
+impl MqttArgs {
+    /// The broker's host and port, and the identity to connect with (its files read).
+    pub fn connection(&self) -> anyhow::Result<(String, u16, MqttSecurity)> {
+        let (host, port) = parse_mqtt_url(&self.mqtt_url)?;
+        let security = MqttSecurity::load(&self.security, is_tls_url(&self.mqtt_url))?;
+        Ok((host, port, security))
+    }
 }
 
 /// The registry file the operator writes (ConfigMap `iot-registry`, key `registry.json`).
@@ -63,12 +76,28 @@ impl ShutdownArgs {
     }
 }
 
-/// `mqtt://host:port` (port 1883 when omitted) as host and port.
+/// Whether an MQTT URL asks for TLS (`mqtts://`, `ssl://`).
+pub fn is_tls_url(url: &str) -> bool {
+    url.starts_with("mqtts://") || url.starts_with("ssl://")
+}
+
+/// `mqtt://host:port` or `mqtts://host:port` (port 1883, or 8883 with TLS, when omitted) as host
+/// and port.
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| anyhow::anyhow!("MQTT URL {url:?} must start with mqtt://"))?;
+    let (rest, default_port) = if let Some(rest) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (rest, 8883)
+    } else {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("MQTT URL {url:?} must start with mqtt:// or mqtts://")
+            })?;
+        (rest, 1883)
+    };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
@@ -77,7 +106,7 @@ pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
                 .map_err(|_| anyhow::anyhow!("MQTT URL {url:?}: bad port {port:?}"))?;
             (host, port)
         }
-        _ => (authority, 1883),
+        _ => (authority, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     anyhow::ensure!(!host.is_empty(), "MQTT URL {url:?} has no host");
@@ -127,6 +156,11 @@ mod tests {
             parse_mqtt_url("mqtt://[::1]:1884").unwrap(),
             ("::1".to_string(), 1884)
         );
+        assert_eq!(
+            parse_mqtt_url("mqtts://broker.iot.svc").unwrap(),
+            ("broker.iot.svc".to_string(), 8883)
+        );
+        assert!(is_tls_url("mqtts://b:8883") && !is_tls_url("mqtt://b:1883"));
         assert!(parse_mqtt_url("http://x:1883").is_err());
         assert!(parse_mqtt_url("mqtt://:1883").is_err());
         assert!(parse_mqtt_url("mqtt://x:port").is_err());

@@ -5,7 +5,8 @@
 //! [`catalog`] (the registry compiled for lookups), [`enrich`] and [`quality`] (what the enrichment
 //! adds and checks), [`offsets`] (which Kafka offsets may be committed), [`sim::devices`] and
 //! [`sim::trends`] (what simulated devices say). I/O at the edges: [`bridge`], [`enrichment`],
-//! [`sim`], [`dashboard`], with [`kafka`], [`registry_file`], [`metrics`] and [`runtime`] shared
+//! [`sim`], [`dashboard`], with [`kafka`], [`mqtt_security`], [`registry_file`], [`metrics`] and
+//! [`runtime`] shared
 //! between them.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ mod fixtures;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
+pub mod mqtt_security;
 pub mod offsets;
 pub mod payload;
 pub mod quality;

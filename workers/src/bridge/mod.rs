@@ -376,8 +376,9 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
         .create()
         .context("creating the Kafka producer")?;
 
-    let (host, port) = cli::parse_mqtt_url(&args.mqtt.mqtt_url)?;
+    let (host, port, security) = args.mqtt.connection()?;
     let mut options = MqttOptions::new(client_id.clone(), host, port);
+    security.apply_v5(&mut options);
     options
         .set_clean_start(false)
         .set_session_expiry_interval(Some(SESSION_NEVER_EXPIRES))

@@ -8,12 +8,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::SimulatorMetrics;
+use crate::mqtt_security::MqttSecurity;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// Credentials and TLS of every device connection.
+    pub security: MqttSecurity,
 }
 
 /// A device's connection.
@@ -37,6 +40,7 @@ impl DeviceConn {
         metrics: SimulatorMetrics,
     ) -> Self {
         let mut options = MqttOptions::new(client_id, target.host.clone(), target.port);
+        target.security.apply(&mut options);
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(15))

@@ -85,8 +85,12 @@ pub fn client_id(root: &str, device_id: &str) -> String {
 pub async fn run(args: SimulatorArgs, life: Lifecycle) -> anyhow::Result<()> {
     cli::check_topic_root(&args.mqtt.mqtt_topic_root)?;
     anyhow::ensure!(args.speed > 0.0, "--speed must be positive");
-    let (host, port) = cli::parse_mqtt_url(&args.mqtt.mqtt_url)?;
-    let target = Target { host, port };
+    let (host, port, security) = args.mqtt.connection()?;
+    let target = Target {
+        host,
+        port,
+        security,
+    };
     let metrics = SimulatorMetrics::new();
     let readiness = Readiness::default();
     let started = runtime::start(
