@@ -354,23 +354,26 @@ impl Shared {
         }
         let mut earliest = latest.clone();
         earliest.set_all_offsets(Offset::Beginning)?;
-        // Without `__consumer_offsets` nothing tells what the group committed: not "nothing",
-        // which would count every retained message as lag (a broker creates it for the first
-        // group, the tail's own included, so this lasts seconds on a new cluster).
-        let Some(offsets_partitions) = self.ensure_assigned()? else {
-            return Err(KafkaError::OffsetFetch(
-                RDKafkaErrorCode::UnknownTopicOrPartition,
-            ));
-        };
+        // Without `__consumer_offsets` no group of this cluster has committed anything yet
+        // (Kafka creates it when the first group asks for its coordinator): nothing is committed.
+        let offsets_partition = self
+            .ensure_assigned()?
+            .map(|partitions| offsets_partition_for(group, partitions));
         // The group's partition of __consumer_offsets goes into the same request as the latest
         // watermarks: how far the tail must have read for this reading to be fresh.
-        let offsets_partition = offsets_partition_for(group, offsets_partitions);
-        let ends_before = self.ends_reached(offsets_partition);
-        latest.add_partition_offset(OFFSETS_TOPIC, offsets_partition, Offset::End)?;
+        let ends_before = offsets_partition.map_or(0, |p| self.ends_reached(p));
+        if let Some(p) = offsets_partition {
+            latest.add_partition_offset(OFFSETS_TOPIC, p, Offset::End)?;
+        }
         let latest = self.requests.offsets_for_times(latest, self.timeout)?;
         let earliest = self.requests.offsets_for_times(earliest, self.timeout)?;
-        let target = offset_in(&latest, OFFSETS_TOPIC, offsets_partition)?;
-        let committed = self.committed_after(group, offsets_partition, target, ends_before)?;
+        let committed = match offsets_partition {
+            None => HashMap::new(),
+            Some(p) => {
+                let target = offset_in(&latest, OFFSETS_TOPIC, p)?;
+                self.committed_after(group, p, target, ends_before)?
+            }
+        };
         let mut partitions = Vec::with_capacity(earliest.count());
         for elem in earliest.elements() {
             let (topic, partition) = (elem.topic(), elem.partition());
