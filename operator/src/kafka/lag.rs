@@ -82,7 +82,11 @@ pub fn offsets_partition_for(group: &str, partitions: i32) -> i32 {
     let hash = group.encode_utf16().fold(0i32, |h, unit| {
         h.wrapping_mul(31).wrapping_add(i32::from(unit))
     });
-    (hash & 0x7fff_ffff) % partitions.max(1)
+    // Utils.abs: Math.abs, with Integer.MIN_VALUE (whose absolute value overflows) as 0. Not the
+    // sign-bit mask that the producer's key partitioner uses: the two differ for every negative
+    // hash, half of all group names.
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions.max(1)
 }
 
 /// One offset commit as a group coordinator writes it to `__consumer_offsets`.
@@ -624,8 +628,11 @@ mod tests {
         // Java: "iot.smart_breaker.enrichment".hashCode() == 2_129_363_259, which is 9 modulo 50.
         assert_eq!(offsets_partition_for("iot.smart_breaker.enrichment", 50), 9);
         assert_eq!(offsets_partition_for("", 50), 0);
-        // Kafka's Utils.abs masks the sign bit (i32::MIN gives 0, not an overflow): "polygenelubricants"
-        // is the classic string whose Java hash is Integer.MIN_VALUE.
+        // A negative hash (-1,615,110,887): Kafka 4.1 wrote this group's commits to partition 7
+        // of 10, its absolute value modulo 10 (masking the sign bit would give 1).
+        assert_eq!(offsets_partition_for("smoke-group-22961-1d4693ef-1", 10), 7);
+        // Utils.abs maps i32::MIN to 0 (no overflow): "polygenelubricants" is the classic string
+        // whose Java hash is Integer.MIN_VALUE.
         assert_eq!(offsets_partition_for("polygenelubricants", 7), 0);
         for group in ["a", "iot.meter.enrichment", "grüße"] {
             let p = offsets_partition_for(group, 10);
