@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fixtures::sample_registry;
 use iot_model::registry::Registry;
 use iot_testkit::{create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name};
-use iot_workers::kafka::{Reachability, ReachabilityProbe};
+use iot_workers::kafka::{Reachability, ReachabilityProbe, STRANDED_LIMIT};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -508,48 +508,14 @@ fn reader_from(
     consumer
 }
 
-/// How long the collector waits for a record before it checks that its reader is not stuck.
+/// How long the collector waits for a record before it checks that its reader still reaches
+/// Kafka.
 const COLLECTOR_IDLE_CHECK: Duration = Duration::from_secs(5);
-/// How long a reader may look stuck before the collector replaces it.
-const COLLECTOR_STUCK_LIMIT: Duration = Duration::from_secs(15);
-
-/// Whether `reader` is stuck: it reaches no broker while a new client does, or a new client sees
-/// records it has not read (`next`: the next offset it would read per topic and partition; one
-/// offset of slack for the marker that ends a transaction, which no reader ever receives).
-fn reader_is_stuck(
-    reader: &StreamConsumer,
-    bootstrap: &str,
-    topics: &[String],
-    next: &HashMap<(String, i32), i64>,
-) -> bool {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    if ReachabilityProbe::new(config.clone()).check(reader.client()) == Reachability::Stranded {
-        return true;
-    }
-    let Ok(fresh) = config.create::<rdkafka::consumer::BaseConsumer>() else {
-        return false;
-    };
-    topics.iter().any(|topic| {
-        (0..PARTITIONS).any(|partition| {
-            fresh
-                .fetch_watermarks(topic, partition, Duration::from_secs(5))
-                .is_ok_and(|(low, high)| {
-                    let read_to = next
-                        .get(&(topic.clone(), partition))
-                        .copied()
-                        .unwrap_or(low);
-                    high > read_to + 1
-                })
-        })
-    })
-}
 
 impl Collector {
-    /// Collects every record of `topics`. A reader that stops receiving while the topics have
-    /// records it has not read (seen after Kafka restarts: librdkafka clients that never fetch
-    /// again, see `iot_workers::kafka::Reachability`) is replaced by a new one that goes on where
-    /// it stopped: the test's own reader is not what a test checks.
+    /// Collects every record of `topics`. A reader stranded by librdkafka after a Kafka restart
+    /// (see `iot_workers::kafka::Reachability::Stranded`) is replaced by a new one that goes on
+    /// where it stopped: the test's own reader is not what a test checks.
     pub fn start(bootstrap: &str, topics: &[String]) -> Self {
         let (bootstrap, topics) = (bootstrap.to_string(), topics.to_vec());
         let records = Arc::new(Mutex::new(Vec::new()));
@@ -558,38 +524,33 @@ impl Collector {
             let records = records.clone();
             let notify = notify.clone();
             async move {
+                let mut probe_config = ClientConfig::new();
+                probe_config.set("bootstrap.servers", &bootstrap);
+                let probe = Arc::new(ReachabilityProbe::new(probe_config));
                 let mut next = HashMap::new();
                 let mut consumer =
                     Arc::new(reader_from(&bootstrap, &topics, "itest-collector", &next));
-                let mut stuck_since: Option<Instant> = None;
+                let mut stranded_since: Option<Instant> = None;
                 loop {
                     let received = match tokio::time::timeout(COLLECTOR_IDLE_CHECK, consumer.recv())
                         .await
                     {
                         Ok(received) => received,
                         Err(_idle) => {
-                            let check = (
-                                consumer.clone(),
-                                bootstrap.clone(),
-                                topics.clone(),
-                                next.clone(),
-                            );
-                            let stuck = tokio::task::spawn_blocking(move || {
-                                let (consumer, bootstrap, topics, next) = check;
-                                reader_is_stuck(&consumer, &bootstrap, &topics, &next)
-                            })
-                            .await
-                            .unwrap();
-                            if !stuck {
-                                stuck_since = None;
+                            let (c, probe) = (consumer.clone(), probe.clone());
+                            let found =
+                                tokio::task::spawn_blocking(move || probe.check(c.client()))
+                                    .await
+                                    .unwrap();
+                            if found != Reachability::Stranded {
+                                stranded_since = None;
                                 continue;
                             }
-                            let since = *stuck_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= COLLECTOR_STUCK_LIMIT {
+                            let since = *stranded_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= STRANDED_LIMIT {
                                 eprintln!(
-                                    "collector: its reader received nothing for {:?} with records \
-                                     unread; a new one goes on",
-                                    since.elapsed() + COLLECTOR_IDLE_CHECK
+                                    "collector: its reader was stranded for {:?}; a new one goes on",
+                                    since.elapsed()
                                 );
                                 consumer = Arc::new(reader_from(
                                     &bootstrap,
@@ -597,7 +558,7 @@ impl Collector {
                                     "itest-collector",
                                     &next,
                                 ));
-                                stuck_since = None;
+                                stranded_since = None;
                             }
                             continue;
                         }
