@@ -236,7 +236,7 @@ try {
   });
 
   publish("xss-breaker", "raw", breakerTelemetry("xss-breaker", { note: XSS_NOTE }));
-  publish("xss-device", "raw", breakerTelemetry(XSS_DEVICE));
+  publish(XSS_DEVICE, "raw", breakerTelemetry(XSS_DEVICE));
   publish("xss-raw", "raw", XSS_RAW);
 
   await check("payloads containing <script> are shown as text, never run", async () => {
