@@ -4,7 +4,6 @@
 //! ([`deliver_alone`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -321,13 +320,12 @@ fn answers<C: ClientContext>(client: &Client<C>) -> bool {
 pub const STRANDED_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `check` (the process's clients through a [`ReachabilityProbe`]) every few seconds, as
-/// part of readiness: stores whether Kafka is reachable in `reachable` and calls `changed` after
-/// each check, until `done`. When a client has been [`Reachability::Stranded`] for
+/// part of readiness: calls `changed` with whether Kafka is reachable after each check, until
+/// `done`. When a client has been [`Reachability::Stranded`] for
 /// [`STRANDED_LIMIT`], calls `stranded` with a description and stops: the caller ends the process
 /// (not ready first), which a restart cures.
 pub fn watch_reachability(
     check: impl Fn() -> Reachability + Send + Sync + 'static,
-    reachable: Arc<AtomicBool>,
     changed: impl Fn(bool) + Send + 'static,
     stranded: impl FnOnce(String) + Send + 'static,
     done: CancellationToken,
@@ -335,13 +333,14 @@ pub fn watch_reachability(
     let check = Arc::new(check);
     tokio::spawn(async move {
         let mut stranded_since: Option<Instant> = None;
+        let mut reachable = false;
         loop {
             let check = check.clone();
             let found = tokio::task::spawn_blocking(move || check())
                 .await
                 .unwrap_or(Reachability::Unreachable);
             let ok = found == Reachability::Reachable;
-            if ok != reachable.swap(ok, Ordering::Relaxed) {
+            if ok != std::mem::replace(&mut reachable, ok) {
                 tracing::info!(reachable = ok, "Kafka reachability changed");
             }
             changed(ok);

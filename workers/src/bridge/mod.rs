@@ -420,7 +420,6 @@ pub async fn run(args: BridgeArgs, life: Lifecycle) -> anyhow::Result<()> {
             let producer = producer.clone();
             move || probe.check(producer.client())
         },
-        Arc::new(AtomicBool::new(false)),
         {
             let (health, metrics) = (health.clone(), metrics.clone());
             move |ok| {

@@ -242,8 +242,10 @@ pub fn watch_reachability<C: ConsumerContext + 'static>(
                 .map_or(kafka::Reachability::Reachable, |c| probe.check(c.client()));
             probe.check(producer.client()).and(consumer)
         },
-        reachable.clone(),
-        |_| {},
+        {
+            let reachable = reachable.clone();
+            move |ok| reachable.store(ok, std::sync::atomic::Ordering::Relaxed)
+        },
         move |error| health.fatal(error),
         setup.done.clone(),
     );
@@ -254,9 +256,8 @@ pub fn watch_reachability<C: ConsumerContext + 'static>(
 /// written transactionally; it costs nothing otherwise).
 pub fn consumer_config(setup: &Setup) -> ClientConfig {
     let prefetch = memory::consumer_prefetch_bytes(setup.budget.limit());
-    let mut config = ClientConfig::new();
+    let mut config = kafka::connection_config(&setup.args.kafka);
     config
-        .set("bootstrap.servers", &setup.args.kafka.kafka_bootstrap)
         .set("group.id", &setup.group)
         .set("client.id", format!("{}-consumer", setup.group))
         .set("enable.auto.commit", "false")
