@@ -22,8 +22,26 @@ use crate::route::{self, Rejection};
 
 /// How every client of this process reaches the cluster.
 pub fn connection_config(kafka: &KafkaArgs) -> ClientConfig {
+    client_config(&kafka.kafka_bootstrap)
+}
+
+/// How long a client goes without cluster metadata before it bootstraps again from
+/// `bootstrap.servers` (librdkafka's default is 5 minutes). A client that has lost every broker
+/// it knew (see [`Reachability::Stranded`]) thereby finds the cluster again by itself, well
+/// before [`STRANDED_LIMIT`] ends its process.
+pub const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
+
+/// The settings every Kafka client of the workers starts from: the bootstrap servers and
+/// re-bootstrapping after [`REBOOTSTRAP_AFTER`] without metadata.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.kafka_bootstrap);
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("metadata.recovery.strategy", "rebootstrap")
+        .set(
+            "metadata.recovery.rebootstrap.trigger.ms",
+            REBOOTSTRAP_AFTER.as_millis().to_string(),
+        );
     config
 }
 
@@ -424,6 +442,25 @@ mod tests {
         let alone = isolating_producer_config(&kafka, "enrichment-alone");
         assert_eq!(alone.get("batch.num.messages"), Some("1"));
         assert_eq!(alone.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn clients_bootstrap_again_before_a_stranded_client_ends_the_process() {
+        assert!(REBOOTSTRAP_AFTER < STRANDED_LIMIT);
+        let kafka = KafkaArgs {
+            kafka_bootstrap: "127.0.0.1:1".into(),
+            topic_prefix: "iot".into(),
+            linger_ms: 2,
+        };
+        let c = producer_config(&kafka, "bridge-0");
+        assert_eq!(c.get("metadata.recovery.strategy"), Some("rebootstrap"));
+        assert_eq!(
+            c.get("metadata.recovery.rebootstrap.trigger.ms"),
+            Some("10000")
+        );
+        // librdkafka knows the settings (it refuses unknown names and values at creation).
+        c.create::<rdkafka::producer::BaseProducer>()
+            .expect("librdkafka accepts the connection settings");
     }
 
     #[test]

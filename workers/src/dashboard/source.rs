@@ -42,9 +42,8 @@ pub fn unique_group(prefix: &str) -> String {
 }
 
 fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = crate::kafka::client_config(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("client.id", "iot-dashboard")
         .set("enable.auto.commit", "false")

@@ -1,4 +1,4 @@
-//! Benchmark (an ignored test; it prints numbers and asserts only that the run worked): the real
+//! Benchmark (it prints numbers and fails only when the run did not work): the real
 //! operator binary at N autoscaled DeviceTypes against the test environment's real API server and
 //! Kafka. It reports, per phase, the operator's resident memory, its reconcile rate (from its own
 //! `/metrics`), its CPU use and threads, the TCP connections it holds to Kafka (its sockets, from
@@ -10,14 +10,13 @@
 //! ```sh
 //! source deploy/testenv/.run/env
 //! cargo build --release -p iot-operator --bin iot-operator
-//! cargo test -p iot-operator --features integration --test autoscale_bench -- --ignored --nocapture
+//! cargo bench -p iot-operator --features integration --bench autoscale
 //! ```
 //!
 //! Settings (environment): `IOT_BENCH_OPERATOR` (the binary; default `release/iot-operator` in
-//! the target directory this test was built in), `IOT_BENCH_DEVICE_TYPES` (200),
+//! the target directory this benchmark was built in), `IOT_BENCH_DEVICE_TYPES` (200),
 //! `IOT_BENCH_WINDOW_SECONDS` (steady-state window, 60), `IOT_BENCH_AUTOSCALE_INTERVAL` (the
 //! operator's `--autoscale-interval-seconds`, 15).
-#![cfg(feature = "integration")]
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -397,8 +396,15 @@ async fn observe(
     (samples, before, scrape(admin))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --ignored --nocapture (see the module doc)"]
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(operator_at_scale_with_autoscaled_device_types());
+}
+
 async fn operator_at_scale_with_autoscaled_device_types() {
     let count: usize = env_or("IOT_BENCH_DEVICE_TYPES", 200);
     let window: u64 = env_or("IOT_BENCH_WINDOW_SECONDS", 60);
