@@ -4,5 +4,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod kafka;
+pub mod mosquitto_support;
 pub mod registry;

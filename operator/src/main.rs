@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use iot_operator::{controller, crd, registry};
+use iot_operator::credentials::cli::DeviceCredentialsCommand;
+use iot_operator::mosquitto_support::cli::{MosquittoReloadArgs, MqttPasswordFileArgs};
+use iot_operator::{controller, crd, credentials, mosquitto_support, registry};
 use iot_process::{admin, telemetry};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -47,6 +49,18 @@ enum Command {
         #[arg(short = 'n', long, default_value = registry::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// Device identities for the broker's device listener: a device CA, one client certificate
+    /// per device, and the CRL of revoked ones.
+    DeviceCredentials {
+        #[command(subcommand)]
+        command: DeviceCredentialsCommand,
+    },
+    /// Write a Mosquitto password file (`$7$` PBKDF2-SHA512 hashes, as `mosquitto_passwd`
+    /// writes them) for the service listener's users.
+    MqttPasswordFile(MqttPasswordFileArgs),
+    /// Sidecar of the broker (shareProcessNamespace): send SIGHUP to `mosquitto` whenever the
+    /// content of a watched file changes, so that it reloads certificates, CRL, passwords, ACL.
+    MosquittoReload(MosquittoReloadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -262,6 +276,21 @@ fn main() -> anyhow::Result<()> {
             );
             let json = serde_json::to_string_pretty(&registry)?;
             writeln!(std::io::stdout(), "{json}")?;
+        }
+        Command::DeviceCredentials { command } => {
+            // Async for the Kubernetes modes (`--ca-secret`, `--crl-configmap`); one thread.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(credentials::cli::run(command))?;
+        }
+        Command::MqttPasswordFile(args) => mosquitto_support::cli::mqtt_password_file(args)?,
+        Command::MosquittoReload(args) => {
+            telemetry::init_logging();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(mosquitto_support::cli::mosquitto_reload(args))?;
         }
     }
     Ok(())
