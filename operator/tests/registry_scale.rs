@@ -186,7 +186,10 @@ async fn delete_topics_under(bootstrap: &str, prefix: &str) {
                 .collect()
         }
     };
-    for _ in 0..3 {
+    // Kafka deletes asynchronously: a deleted topic can stay in the metadata for a while, so
+    // delete what is listed again until nothing is, for up to half a minute.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let names = tokio::task::spawn_blocking(list.clone()).await.unwrap();
         if names.is_empty() {
             return;
@@ -194,6 +197,7 @@ async fn delete_topics_under(bootstrap: &str, prefix: &str) {
         for chunk in names.chunks(100) {
             iot_testkit::delete_topics(bootstrap, chunk).await;
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let left = tokio::task::spawn_blocking(list).await.unwrap();
     assert!(
