@@ -90,7 +90,11 @@ up() {
   until [[ -s $registry ]]; do ((SECONDS < deadline)) || die "registry ConfigMap not mirrored"; sleep 0.5; done
 
   export IOT_REGISTRY_FILE=$registry RUST_LOG=${RUST_LOG:-info}
-  start bridge env IOT_ADMIN_ADDR=127.0.0.1:9101 IOT_BRIDGE_CLIENT_ID=iot-bridge-local "$worker" bridge
+  # The test environment's broker: TLS (IOT_MQTT_CA_FILE from its env file) and a password per
+  # identity on its service listener.
+  start bridge env IOT_ADMIN_ADDR=127.0.0.1:9101 IOT_BRIDGE_CLIENT_ID=iot-bridge-local \
+    IOT_MQTT_USERNAME=iot-bridge IOT_MQTT_PASSWORD_FILE="$IOT_TESTENV_MQTT_BRIDGE_PASSWORD_FILE" \
+    "$worker" bridge
   wait_http bridge http://127.0.0.1:9101/readyz
   local port=9110 id
   for id in "${DEVICE_TYPES[@]}"; do
@@ -98,7 +102,8 @@ up() {
     wait_http "enrichment-$id" "http://127.0.0.1:$port/readyz"
     port=$((port + 1))
   done
-  start simulator env IOT_ADMIN_ADDR=127.0.0.1:9103 "$worker" simulator
+  start simulator env IOT_ADMIN_ADDR=127.0.0.1:9103 IOT_MQTT_USERNAME=iot-simulator \
+    IOT_MQTT_PASSWORD_FILE="$IOT_TESTENV_MQTT_SIMULATOR_PASSWORD_FILE" "$worker" simulator
   start dashboard env IOT_DASHBOARD_ADDR="$DASHBOARD_ADDR" "$worker" dashboard
   wait_http dashboard "http://$DASHBOARD_ADDR/readyz"
   log "up in $((SECONDS - started)) s"

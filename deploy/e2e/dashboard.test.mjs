@@ -91,9 +91,14 @@ async function stopDashboard() {
 
 // ---- MQTT (the devices' side) ------------------------------------------------------------------
 
+// As the simulator's identity on the broker's service listener (TLS when the URL is mqtts://).
 function publish(deviceId, kind, payload) {
   const u = new URL(env("IOT_MQTT_URL"));
-  execFileSync("mosquitto_pub", ["-h", u.hostname, "-p", u.port || "1883", "-q", "1",
+  const tls = u.protocol === "mqtts:";
+  const identity = ["-u", "iot-simulator", "-P",
+    readFileSync(env("IOT_TESTENV_MQTT_SIMULATOR_PASSWORD_FILE"), "utf8").trim()];
+  execFileSync("mosquitto_pub", ["-h", u.hostname, "-p", u.port || (tls ? "8883" : "1883"),
+    ...(tls ? ["--cafile", env("IOT_MQTT_CA_FILE")] : []), ...identity, "-q", "1",
     "-t", `${MQTT_ROOT}/${deviceId}/${kind}`, "-m", payload]);
 }
 

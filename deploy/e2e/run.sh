@@ -90,10 +90,14 @@ start() { # start NAME ARGS...: an iot-worker process, logged to the artifacts
   "$WORKER" "$@" >"$ARTIFACTS/$name.log" 2>&1 &
   PIDS+=($!)
 }
-IOT_BRIDGE_CLIENT_ID="bridge-$PREFIX" start bridge bridge
+# The broker's service listener: TLS (IOT_MQTT_CA_FILE from the environment) and a password
+# per identity.
+IOT_MQTT_USERNAME=iot-bridge IOT_MQTT_PASSWORD_FILE=${IOT_TESTENV_MQTT_BRIDGE_PASSWORD_FILE:-} \
+  IOT_BRIDGE_CLIENT_ID="bridge-$PREFIX" start bridge bridge
 start enrichment enrichment
 # Two devices of each type, ten times faster than real time.
-start simulator simulator --breakers 2 --meters 2 --sensors 2 --speed 10 --seed 7
+IOT_MQTT_USERNAME=iot-simulator IOT_MQTT_PASSWORD_FILE=${IOT_TESTENV_MQTT_SIMULATOR_PASSWORD_FILE:-} \
+  start simulator simulator --breakers 2 --meters 2 --sensors 2 --speed 10 --seed 7
 echo "e2e: pipeline of $PREFIX started; running the browser test" >&2
 
 status=0

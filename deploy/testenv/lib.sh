@@ -11,7 +11,11 @@ ETCD_PEER_PORT=${IOT_TESTENV_ETCD_PEER_PORT:-23800}
 APISERVER_PORT=${IOT_TESTENV_APISERVER_PORT:-26443}
 KAFKA_PORT=${IOT_TESTENV_KAFKA_PORT:-29092}
 KAFKA_CONTROLLER_PORT=${IOT_TESTENV_KAFKA_CONTROLLER_PORT:-29093}
+# Mosquitto: the service listener (TLS and passwords: the bridge, the simulator, tests' own
+# clients) and the device listener (TLS and a client certificate per device).
 MQTT_PORT=${IOT_TESTENV_MQTT_PORT:-21883}
+MQTT_DEVICE_PORT=${IOT_TESTENV_MQTT_DEVICE_PORT:-28883}
+MQTT_PKI="$RUN_DIR/pki"
 # Seconds between saves of the broker's sessions: what a kill -9 of Mosquitto can lose at most.
 MQTT_AUTOSAVE_SECONDS=${IOT_TESTENV_MQTT_AUTOSAVE_SECONDS:-2}
 # A test-only bearer token for the admin user; the API server listens on loopback only.

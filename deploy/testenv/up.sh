@@ -249,22 +249,100 @@ EOF
   wait_for kafka 120 grep -q "Kafka Server started" "$RUN_DIR/logs/kafka.log"
 }
 
+# The broker's certificates and identities, made once per run directory (openssl and
+# mosquitto_passwd; the device credentials of tests come from `iot-operator device-credentials`):
+#   server-ca.{crt,key}, server.{crt,key}  the broker's certificate (127.0.0.1, the node address)
+#   device-ca.{crt,key}, devices.crl       the device CA and its certificate revocation list
+#   {bridge,simulator}.password, passwd    the services' passwords and the broker's hashed file
+ensure_mqtt_pki() {
+  local d=$MQTT_PKI
+  [[ -f $d/passwd && -f $d/devices.crl ]] && return 0
+  log "making the broker's certificates and identities in $d"
+  rm -rf "$d.tmp" && mkdir -p "$d.tmp" && chmod 700 "$d.tmp"
+  (
+    set -e
+    cd "$d.tmp"
+    ca() {
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=$2" -keyout "$1.key" -out "$1.crt" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        2>/dev/null
+    }
+    ca server-ca "iot-cloud test environment broker CA"
+    ca device-ca "iot-cloud test environment device CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+      "$NODE_IP" >server.ext
+    openssl x509 -req -in server.csr -CA server-ca.crt -CAkey server-ca.key -CAcreateserial \
+      -days 3650 -extfile server.ext -out server.crt 2>/dev/null
+    # An empty CRL: Mosquitto checks every device certificate against it from the start.
+    touch index.txt && echo 01 >crlnumber
+    printf '[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\ncrlnumber=crlnumber\ndefault_md=sha256\ndefault_crl_days=3650\n' >ca.cnf
+    openssl ca -gencrl -config ca.cnf -keyfile device-ca.key -cert device-ca.crt \
+      -out devices.crl 2>/dev/null
+    local who
+    for who in bridge simulator; do
+      openssl rand -hex 24 >"$who.password"
+      mosquitto_passwd -b $([[ -f passwd ]] || echo -c) passwd "iot-$who" "$(<"$who.password")"
+    done
+    rm -f server.csr server.ext server-ca.srl index.txt* crlnumber* ca.cnf
+    chmod 600 ./*.key ./*.password passwd
+  )
+  rm -rf "$d" && mv "$d.tmp" "$d"
+}
+
 start_mosquitto() {
-  # With the real node, pods reach the broker on a second listener at the bridge address.
+  ensure_mqtt_pki
+  local pki=$MQTT_PKI
+  # Who may do what, one password file and one ACL for the whole broker: Mosquitto 2.0 with
+  # `per_listener_settings true` no longer queues messages for a persistent session while its
+  # client is away (a bridge restart then loses what devices publish meanwhile), so the listeners
+  # share the security settings and differ in how a client proves who it is. Every test
+  # installation has its own topic root (itest/<prefix>, e2e/<prefix>, iot for the local run), so
+  # the services' rights span all roots here; the chart confines them to its root. `topic read #`
+  # also lets the bridge subscribe through its shared group: Mosquitto checks
+  # `$share/<group>/<filter>` against `<filter>`. A device (username = its certificate's common
+  # name) publishes only under its own id and reads nothing.
+  cat >"$RUN_DIR/mosquitto.acl" <<EOF
+user iot-bridge
+topic read #
+topic read \$SYS/broker/#
+
+user iot-simulator
+topic write #
+
+pattern write iot/%u/raw
+pattern write iot/%u/trends
+pattern write iot/%u/status
+pattern write itest/+/%u/raw
+pattern write itest/+/%u/trends
+pattern write itest/+/%u/status
+EOF
+  # The service listener (TLS, passwords): the bridge, the simulator and tests' own clients, on
+  # loopback and (with the real node) at the node address for pods.
+  local service_listener="certfile $pki/server.crt
+keyfile $pki/server.key"
   local pod_listener=""
-  if node_enabled; then pod_listener="listener $MQTT_PORT $NODE_IP"; fi
+  if node_enabled; then pod_listener="listener $MQTT_PORT $NODE_IP
+$service_listener"; fi
   # Durable like the chart's broker: sessions and their queues are saved to disk every
   # $MQTT_AUTOSAVE_SECONDS s and at a graceful stop, so `down.sh mosquitto; up.sh mosquitto` loses
   # nothing. Packets are limited to the bridge's payload limit plus room for topic and properties
   # (workers/src/bridge: MQTT_PACKET_OVERHEAD). Started as root, Mosquitto runs as its own user,
-  # which must own the data directory.
+  # which must own the data directory and read the PKI (it reloads it on SIGHUP).
   local data="$RUN_DIR/data/mosquitto"
   mkdir -p "$data"
-  if [[ $EUID -eq 0 ]] && id mosquitto >/dev/null 2>&1; then chown mosquitto "$data"; fi
+  chmod 600 "$RUN_DIR/mosquitto.acl"
+  rm -f "$RUN_DIR"/mosquitto-*.acl
+  if [[ $EUID -eq 0 ]] && id mosquitto >/dev/null 2>&1; then
+    chown mosquitto "$data"
+    chown -R mosquitto:"$(id -gn mosquitto)" "$pki" "$RUN_DIR/mosquitto.acl"
+  fi
   cat >"$RUN_DIR/mosquitto.conf" <<EOF
-listener $MQTT_PORT 127.0.0.1
-$pod_listener
-allow_anonymous true
+allow_anonymous false
+password_file $pki/passwd
+acl_file $RUN_DIR/mosquitto.acl
 persistence true
 persistence_location $data/
 autosave_interval $MQTT_AUTOSAVE_SECONDS
@@ -277,6 +355,21 @@ log_dest stdout
 log_type error
 log_type warning
 log_type notice
+
+listener $MQTT_PORT 127.0.0.1
+$service_listener
+$pod_listener
+
+# Devices: a client certificate of the device CA, whose common name is the device id, the
+# username and the client id (no device can take a client id of the bridge's).
+listener $MQTT_DEVICE_PORT 127.0.0.1
+certfile $pki/server.crt
+keyfile $pki/server.key
+cafile $pki/device-ca.crt
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+crlfile $pki/devices.crl
 EOF
   local bin
   bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
@@ -289,7 +382,14 @@ write_env() {
 # Written by deploy/testenv/up.sh: \`source\` it to use the local test environment.
 export KUBECONFIG=$RUN_DIR/kubeconfig
 export IOT_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
-export IOT_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
+export IOT_MQTT_URL=mqtts://127.0.0.1:$MQTT_PORT
+export IOT_MQTT_CA_FILE=$MQTT_PKI/server-ca.crt
+# The identities of the broker's service listener (usernames iot-bridge and iot-simulator), and
+# the device listener with the device CA that signs device certificates (CN = device id).
+export IOT_TESTENV_MQTT_BRIDGE_PASSWORD_FILE=$MQTT_PKI/bridge.password
+export IOT_TESTENV_MQTT_SIMULATOR_PASSWORD_FILE=$MQTT_PKI/simulator.password
+export IOT_TESTENV_MQTT_DEVICE_URL=mqtts://127.0.0.1:$MQTT_DEVICE_PORT
+export IOT_TESTENV_MQTT_PKI=$MQTT_PKI
 export IOT_TESTENV_RUN_DIR=$RUN_DIR
 case ":\$PATH:" in *":$TOOLS_BIN:"*) ;; *) export PATH=$TOOLS_BIN:\$PATH ;; esac
 EOF
@@ -299,7 +399,7 @@ EOF
 # opt in to the node with its label as node selector and a toleration of its taint.
 export IOT_REAL_NODE=$NODE_NAME
 export IOT_POD_KAFKA_BOOTSTRAP=$NODE_IP:$KAFKA_POD_PORT
-export IOT_POD_MQTT_URL=mqtt://$NODE_IP:$MQTT_PORT
+export IOT_POD_MQTT_URL=mqtts://$NODE_IP:$MQTT_PORT
 export IOT_REAL_NODE_LABEL=$NODE_LABEL
 export IOT_REAL_NODE_TAINT=$NODE_TAINT
 export IOT_NODE_CONTAINERD=$CONTAINERD_SOCK

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Installation;
-use iot_testkit::{mqtt_options, unique_name};
+use iot_testkit::{MqttIdentity, mqtt_options, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -401,8 +401,14 @@ fn sample_in_flight(
 /// Mosquitto manage on this machine. Returns the rate received.
 async fn mqtt_pass_through(seconds: u64, devices: usize) -> f64 {
     let inst = Installation::new("bench-mqtt").await;
-    let (client, mut eventloop) =
-        AsyncClient::new(mqtt_options(&inst.mqtt_url, &unique_name("bench-sub")), 100);
+    let (client, mut eventloop) = AsyncClient::new(
+        mqtt_options(
+            &inst.mqtt_url,
+            &unique_name("bench-sub"),
+            MqttIdentity::Bridge,
+        ),
+        100,
+    );
     client
         .subscribe(format!("{}/+/raw", inst.root), QoS::AtLeastOnce)
         .await

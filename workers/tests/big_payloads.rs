@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::fixtures::SEED_RAW;
 use common::loss::SeqCounter;
 use common::{Installation, peak_rss};
-use iot_testkit::{mqtt_options, unique_name};
+use iot_testkit::{MqttIdentity, mqtt_options, unique_name};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::Value;
 
@@ -40,7 +40,7 @@ fn breaker(id: &str, seq: u64, size: usize) -> Vec<u8> {
 /// Publishes `payloads` on `topic` at QoS 1 from one connection; returns how many the broker
 /// acknowledged, or the connection error that ended the run.
 async fn publish_all(url: &str, topic: &str, payloads: Vec<Vec<u8>>) -> (u64, Option<String>) {
-    let mut options = mqtt_options(url, &unique_name("itest-big"));
+    let mut options = mqtt_options(url, &unique_name("itest-big"), MqttIdentity::Simulator);
     options.set_max_packet_size(200 * 1000 * 1000, 200 * 1000 * 1000);
     options.set_inflight(50);
     let (client, mut eventloop) = AsyncClient::new(options, 64);

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use fixtures::sample_registry;
 use iot_model::registry::Registry;
-use iot_testkit::{create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name};
+use iot_testkit::{
+    MqttIdentity, create_topic, kafka_bootstrap, mqtt_options, mqtt_url, unique_name,
+};
 use iot_workers::kafka::{Reachability, ReachabilityProbe, STRANDED_LIMIT};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -137,6 +139,7 @@ impl Installation {
             self.worker_env()
                 .into_iter()
                 .chain([("IOT_BRIDGE_CLIENT_ID", format!("{}-{name}", self.prefix))])
+                .chain(MqttIdentity::Bridge.worker_env())
                 .chain(env.iter().map(|(k, v)| (*k, v.to_string())))
                 .collect(),
             &self.dir,
@@ -190,7 +193,12 @@ impl Installation {
     pub fn simulator(&self, name: &str, args: &[&str]) -> Worker {
         let mut all = vec!["simulator"];
         all.extend_from_slice(args);
-        Worker::start(name, &all, self.worker_env(), &self.dir)
+        let env = self
+            .worker_env()
+            .into_iter()
+            .chain(MqttIdentity::Simulator.worker_env())
+            .collect();
+        Worker::start(name, &all, env, &self.dir)
     }
 
     /// A collector reading `topics` from the beginning.
@@ -225,7 +233,7 @@ impl Drop for Installation {
 
 /// Publishes one QoS 1 message and waits for the PUBACK.
 pub async fn publish(url: &str, topic: &str, payload: &[u8]) {
-    let mut options = mqtt_options(url, &unique_name("itest-pub"));
+    let mut options = mqtt_options(url, &unique_name("itest-pub"), MqttIdentity::Simulator);
     options.set_max_packet_size(1 << 24, 1 << 24);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client
@@ -276,18 +284,41 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(name: &str, args: &[&str], env: Vec<(&'static str, String)>, dir: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iot-worker"));
+        // A worker's MQTT identity is only what `env` gives it, never the test environment's
+        // ambient settings (its env file exports the broker's CA).
+        for name in [
+            "IOT_MQTT_CA_FILE",
+            "IOT_MQTT_USERNAME",
+            "IOT_MQTT_PASSWORD_FILE",
+            "IOT_MQTT_CERT_FILE",
+            "IOT_MQTT_KEY_FILE",
+        ] {
+            command.env_remove(name);
+        }
+        command.args(args).envs(env);
+        Self::spawn(name, command, dir)
+    }
+
+    /// Another program of the workspace (e.g. the operator binary's commands), logged and
+    /// stopped like a worker.
+    pub fn start_program(name: &str, program: &Path, args: &[&str], dir: &Path) -> Self {
+        let mut command = Command::new(program);
+        command.args(args).env("RUST_LOG", "info");
+        Self::spawn(name, command, dir)
+    }
+
+    fn spawn(name: &str, mut command: Command, dir: &Path) -> Self {
         let admin_port = free_port();
         let stdout = dir.join(format!("{name}.{admin_port}.out"));
         let stderr = dir.join(format!("{name}.{admin_port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_iot-worker"))
-            .args(args)
-            .envs(env)
+        let child = command
             .env("IOT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting iot-worker {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Self {
             name: name.to_string(),
             child,

@@ -171,15 +171,12 @@ pub async fn delete_topics(bootstrap: &str, topics: &[String]) {
     let _ = admin.delete_topics(&names, &options).await;
 }
 
-/// The MQTT broker URL of the test environment (`mqtt://host:port`), after checking that the
-/// broker accepts TCP connections.
+/// The broker's service listener (`mqtts://host:port`, or `mqtt://` for a broker without TLS),
+/// after checking that it accepts TCP connections.
 pub async fn mqtt_url() -> String {
     let url = required_env("IOT_MQTT_URL", "Mosquitto (the MQTT broker)");
-    let addr = url
-        .strip_prefix("mqtt://")
-        .unwrap_or_else(|| panic!("IOT_MQTT_URL must look like mqtt://host:port, got {url}"))
-        .trim_end_matches('/')
-        .to_string();
+    let (_, host, port) = split_mqtt_url(&url);
+    let addr = format!("{host}:{port}");
     match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
         Ok(Ok(_)) => url,
         Ok(Err(e)) => {
@@ -189,10 +186,92 @@ pub async fn mqtt_url() -> String {
     }
 }
 
-/// MQTT options for `url` with the given client id.
-pub fn mqtt_options(url: &str, client_id: &str) -> rumqttc::MqttOptions {
-    rumqttc::MqttOptions::parse_url(format!("{url}?client_id={client_id}"))
-        .unwrap_or_else(|e| panic!("bad MQTT url {url}: {e}"))
+/// (TLS, host, port) of `mqtt://host:port` or `mqtts://host:port`.
+fn split_mqtt_url(url: &str) -> (bool, String, u16) {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        panic!("an MQTT URL must look like mqtts://host:port or mqtt://host:port, got {url}")
+    };
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("no port in the MQTT URL {url}"));
+    let port = port
+        .parse()
+        .unwrap_or_else(|_| panic!("bad port in the MQTT URL {url}"));
+    (tls, host.to_string(), port)
+}
+
+/// The identities of the test environment's broker on its service listener
+/// (`deploy/testenv/up.sh`): TLS, a username and a password from a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttIdentity {
+    /// `iot-bridge`: reads every topic (also through the bridge's shared group) and `$SYS`.
+    Bridge,
+    /// `iot-simulator`: publishes to every topic.
+    Simulator,
+}
+
+impl MqttIdentity {
+    pub fn username(self) -> &'static str {
+        match self {
+            Self::Bridge => "iot-bridge",
+            Self::Simulator => "iot-simulator",
+        }
+    }
+
+    /// The file holding this identity's password.
+    pub fn password_file(self) -> String {
+        let var = match self {
+            Self::Bridge => "IOT_TESTENV_MQTT_BRIDGE_PASSWORD_FILE",
+            Self::Simulator => "IOT_TESTENV_MQTT_SIMULATOR_PASSWORD_FILE",
+        };
+        required_env(var, "Mosquitto's identities (the MQTT broker)")
+    }
+
+    /// The settings a worker process of this identity connects with.
+    pub fn worker_env(self) -> Vec<(&'static str, String)> {
+        vec![
+            ("IOT_MQTT_CA_FILE", mqtt_ca_file()),
+            ("IOT_MQTT_USERNAME", self.username().to_string()),
+            ("IOT_MQTT_PASSWORD_FILE", self.password_file()),
+        ]
+    }
+}
+
+/// The CA that signed the broker's certificate.
+pub fn mqtt_ca_file() -> String {
+    required_env("IOT_MQTT_CA_FILE", "Mosquitto's TLS (the MQTT broker)")
+}
+
+/// MQTT 3.1.1 options for `url` with the given client id, as `identity` (TLS when the URL is
+/// `mqtts://`).
+pub fn mqtt_options(url: &str, client_id: &str, identity: MqttIdentity) -> rumqttc::MqttOptions {
+    let (tls, host, port) = split_mqtt_url(url);
+    let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+    let password = std::fs::read_to_string(identity.password_file())
+        .unwrap_or_else(|e| panic!("reading the password of {}: {e}", identity.username()));
+    options.set_credentials(identity.username(), password.trim_end());
+    if tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(tls_config(None)));
+    }
+    options
+}
+
+/// TLS that verifies the broker with [`mqtt_ca_file`], optionally with a client certificate and
+/// key (PEM).
+pub fn tls_config(client_auth: Option<(Vec<u8>, Vec<u8>)>) -> rumqttc::TlsConfiguration {
+    // rustls needs a process-wide crypto provider; the first caller installs ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(mqtt_ca_file()).expect("reading the broker's CA file");
+    rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }
 }
 
 /// A plain `cargo test` runs only the unit and mocked tests; this test's name, printed in its

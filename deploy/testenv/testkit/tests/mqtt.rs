@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use iot_testkit::{mqtt_options, mqtt_url, unique_name};
+use iot_testkit::{MqttIdentity, mqtt_options, mqtt_url, unique_name};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 #[tokio::test]
@@ -10,7 +10,10 @@ async fn qos1_publish_reaches_a_second_client() {
     let url = mqtt_url().await;
     let topic = format!("smoke/{}", unique_name("t"));
 
-    let (subscriber, mut sub_loop) = AsyncClient::new(mqtt_options(&url, &unique_name("sub")), 10);
+    let (subscriber, mut sub_loop) = AsyncClient::new(
+        mqtt_options(&url, &unique_name("sub"), MqttIdentity::Bridge),
+        10,
+    );
     subscriber
         .subscribe(&topic, QoS::AtLeastOnce)
         .await
@@ -23,7 +26,10 @@ async fn qos1_publish_reaches_a_second_client() {
         }
     }
 
-    let (publisher, mut pub_loop) = AsyncClient::new(mqtt_options(&url, &unique_name("pub")), 10);
+    let (publisher, mut pub_loop) = AsyncClient::new(
+        mqtt_options(&url, &unique_name("pub"), MqttIdentity::Simulator),
+        10,
+    );
     publisher
         .publish(
             &topic,
