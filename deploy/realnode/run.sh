@@ -117,7 +117,7 @@ check_egress_guard() {
   out=$(probe_pod egress-probe "
 set -u
 nc -w 3 ${IOT_POD_KAFKA_BOOTSTRAP%:*} ${IOT_POD_KAFKA_BOOTSTRAP#*:} </dev/null && echo 'reach kafka: yes' || { echo 'reach kafka: no'; exit 1; }
-mqtt=${IOT_POD_MQTT_URL#mqtt://}
+mqtt=${IOT_POD_MQTT_URL#*://}
 nc -w 3 \${mqtt%:*} \${mqtt#*:} </dev/null && echo 'reach mosquitto: yes' || { echo 'reach mosquitto: no'; exit 1; }
 nc -w 3 kubernetes.default.svc.cluster.local 443 </dev/null && echo 'reach the API server: yes' || { echo 'reach the API server: no'; exit 1; }
 nslookup kubernetes.default.svc.cluster.local >/dev/null && echo 'dns: yes' || { echo 'dns: no'; exit 1; }
@@ -264,7 +264,9 @@ check_upgrade() {
 }
 
 # NetworkPolicies on (kube-router enforces them): the pipeline still flows; a pod outside the
-# allowed set cannot open MQTT or an admin port, one with the allowed labels can.
+# allowed set cannot open the device listener (8883), the service listener (8884) or an admin port;
+# one with the allowed labels can open the device listener, and still not the service listener
+# (only the bridge and the simulator may).
 check_network_policy() {
   helm upgrade "$RELEASE" "$CHART" -n "$NS" -f "$VALUES" --set kafka.bootstrap="$IOT_POD_KAFKA_BOOTSTRAP" \
     --set networkPolicy.enabled=true \
@@ -272,18 +274,23 @@ check_network_policy() {
     --set-json 'networkPolicy.mqttFrom=[{"podSelector":{"matchLabels":{"iot-realnode/mqtt":"allowed"}}}]' \
     --wait --timeout 5m >/dev/null || return 1
   sleep 3 # kube-router applies policies on its next sync
-  local mqtt operator
+  local mqtt internal operator
   mqtt=$(svc_ip iot-mosquitto)
+  internal=$(svc_ip iot-mosquitto-internal)
   operator=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].status.podIP}')
   probe_pod np-outsider "
-if nc -w 3 $mqtt 1883 </dev/null; then echo 'outsider reached MQTT'; exit 1; fi; echo 'outsider: MQTT refused'
+if nc -w 3 $mqtt 8883 </dev/null; then echo 'outsider reached the device listener'; exit 1; fi; echo 'outsider: device listener (8883) refused'
+if nc -w 3 $internal 8884 </dev/null; then echo 'outsider reached the service listener'; exit 1; fi; echo 'outsider: service listener (8884) refused'
 if nc -w 3 $operator 9100 </dev/null; then echo 'outsider reached the operator admin port'; exit 1; fi; echo 'outsider: operator admin refused'
 " >"$WORK/np1" 2>&1
   local rc=$?
   sed 's/^/    /' "$WORK/np1" >&2
   ((rc == 0)) || return 1
-  probe_pod np-allowed "nc -w 5 $mqtt 1883 </dev/null && echo 'allowed pod: MQTT open'" "{iot-realnode/mqtt: allowed}" >"$WORK/np2" 2>&1 ||
-    { sed 's/^/    /' "$WORK/np2" >&2; fail "a pod with the allowed label cannot open MQTT"; return 1; }
+  probe_pod np-allowed "
+nc -w 5 $mqtt 8883 </dev/null && echo 'allowed pod: device listener (8883) open' || { echo 'allowed pod: device listener refused'; exit 1; }
+if nc -w 3 $internal 8884 </dev/null; then echo 'allowed pod reached the service listener'; exit 1; fi; echo 'allowed pod: service listener (8884) refused'
+" "{iot-realnode/mqtt: allowed}" >"$WORK/np2" 2>&1 ||
+    { sed 's/^/    /' "$WORK/np2" >&2; fail "a pod with the allowed label cannot open the device listener, or can open the service listener"; return 1; }
   sed 's/^/    /' "$WORK/np2" >&2
   wait_flowing 120
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::Worker;
 use common::loss::{SeqCounter, expected, summary};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
 
@@ -35,6 +35,8 @@ struct Cluster {
     client: Client,
     namespace: String,
     mqtt_url: String,
+    /// The simulator identity's password.
+    password_file: std::path::PathBuf,
     bootstrap: String,
     dir: std::path::PathBuf,
 }
@@ -44,8 +46,12 @@ impl Cluster {
         let client = iot_testkit::kube_client().await;
         let namespace =
             std::env::var("IOT_REALNODE_NAMESPACE").unwrap_or_else(|_| "iot-realnode".into());
+        // The host is outside the cluster's DNS and the broker's certificate names no ClusterIP,
+        // so this load generator uses the development listener (deploy/realnode/values.yaml:
+        // mosquitto.plaintext.enabled) with the simulator's identity from its Secret; the
+        // chart's own bridge and simulator pods use TLS on the service listener.
         let svc = Api::<Service>::namespaced(client.clone(), &namespace)
-            .get("iot-mosquitto")
+            .get("iot-mosquitto-internal")
             .await
             .unwrap_or_else(|e| {
                 panic!(
@@ -55,10 +61,21 @@ impl Cluster {
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         let dir = std::env::temp_dir().join(iot_testkit::unique_name("realnode-chaos"));
         std::fs::create_dir_all(&dir).unwrap();
+        let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get("iot-simulator-mqtt")
+            .await
+            .unwrap_or_else(|e| panic!("the simulator's MQTT credentials in {namespace}: {e}"));
+        let password = secret
+            .data
+            .and_then(|d| d.get("password").cloned())
+            .expect("the simulator's Secret holds a password");
+        let password_file = dir.join("simulator.password");
+        std::fs::write(&password_file, password.0).unwrap();
         Self {
             client,
             namespace,
             mqtt_url: format!("mqtt://{ip}:1883"),
+            password_file,
             bootstrap: iot_testkit::kafka_bootstrap(),
             dir,
         }
@@ -189,6 +206,11 @@ impl Cluster {
         ];
         let env = vec![
             ("IOT_MQTT_URL", self.mqtt_url.clone()),
+            ("IOT_MQTT_USERNAME", "iot-simulator".to_string()),
+            (
+                "IOT_MQTT_PASSWORD_FILE",
+                self.password_file.display().to_string(),
+            ),
             ("IOT_MQTT_TOPIC_ROOT", MQTT_ROOT.to_string()),
             ("IOT_LOG_FORMAT", "text".to_string()),
             ("RUST_LOG", "info".to_string()),

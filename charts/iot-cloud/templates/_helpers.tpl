@@ -68,12 +68,115 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* MQTT broker URL: the bundled Mosquitto, or the external broker. */}}
+{{/* MQTT broker URL of the bridge and the simulator: the bundled Mosquitto's service listener
+(TLS, port 8884, on the ClusterIP-only Service `<fullname>-mosquitto-internal`), or the external
+broker. */}}
 {{- define "iot-cloud.mqttUrl" -}}
 {{- if .Values.mosquitto.enabled }}
-{{- printf "mqtt://%s-mosquitto.%s.svc:%d" (include "iot-cloud.fullname" .) .Release.Namespace (int .Values.mosquitto.service.port) }}
+{{- printf "mqtts://%s-mosquitto-internal.%s.svc:8884" (include "iot-cloud.fullname" .) .Release.Namespace }}
 {{- else }}
 {{- required "mqtt.url is required when mosquitto.enabled=false" .Values.mqtt.url }}
+{{- end }}
+{{- end }}
+
+{{/* Address devices connect to: the bundled Mosquitto's device listener (TLS, client
+certificate). */}}
+{{- define "iot-cloud.mqttDeviceAddress" -}}
+{{- printf "%s-mosquitto.%s.svc:%d" (include "iot-cloud.fullname" .) .Release.Namespace (int .Values.mosquitto.service.port) }}
+{{- end }}
+
+{{/* Secret of the broker's server certificate (tls.crt, tls.key, ca.crt): the given one, or the
+chart's generated `<fullname>-mosquitto-tls`. */}}
+{{- define "iot-cloud.mosquittoTlsSecret" -}}
+{{- .Values.mosquitto.tls.secretName | default (printf "%s-mosquitto-tls" (include "iot-cloud.fullname" .)) }}
+{{- end }}
+
+{{/* Secret of the device CA (tls.crt, tls.key, ca.crt): the given one, or the chart's generated
+`<fullname>-device-ca`. */}}
+{{- define "iot-cloud.deviceCASecret" -}}
+{{- .Values.mosquitto.deviceCA.secretName | default (printf "%s-device-ca" (include "iot-cloud.fullname" .)) }}
+{{- end }}
+
+{{/* ConfigMap of the device CRL (key crl.pem): the given one, or the chart's `<fullname>-device-crl`. */}}
+{{- define "iot-cloud.deviceCRLConfigMap" -}}
+{{- .Values.mosquitto.deviceCRL.configMapName | default (printf "%s-device-crl" (include "iot-cloud.fullname" .)) }}
+{{- end }}
+
+{{/* Secret of a client's MQTT credentials (keys username, password): (dict "ctx" $ "component"
+"bridge"). The given `<component>.mqttCredentials.secretName`; else, with the bundled Mosquitto, the
+chart's generated `<fullname>-<component>-mqtt`; else (external broker) none: empty. */}}
+{{- define "iot-cloud.mqttCredentialsSecret" -}}
+{{- $c := index .ctx.Values .component }}
+{{- if $c.mqttCredentials.secretName }}
+{{- $c.mqttCredentials.secretName }}
+{{- else if .ctx.Values.mosquitto.enabled }}
+{{- printf "%s-%s-mqtt" (include "iot-cloud.fullname" .ctx) .component }}
+{{- end }}
+{{- end }}
+
+{{/* Secret with the CA (key ca.crt) the clients verify the broker with: the bundled Mosquitto's
+server certificate Secret, or `mqtt.caSecretName` for an external broker (empty: none). */}}
+{{- define "iot-cloud.mqttCASecret" -}}
+{{- if .Values.mosquitto.enabled }}
+{{- include "iot-cloud.mosquittoTlsSecret" . }}
+{{- else }}
+{{- .Values.mqtt.caSecretName }}
+{{- end }}
+{{- end }}
+
+{{/* MQTT settings of a client pod (bridge, simulator): (dict "ctx" $ "component" "bridge").
+`iot-cloud.mqttClientEnv`, `...VolumeMounts` and `...Volumes` go together. The broker's CA and
+the password are mounted files; the username comes from the same Secret. */}}
+{{- define "iot-cloud.mqttClientEnv" -}}
+- name: IOT_MQTT_URL
+  value: {{ include "iot-cloud.mqttUrl" .ctx | quote }}
+- name: IOT_MQTT_TOPIC_ROOT
+  value: {{ .ctx.Values.mqttTopicRoot | quote }}
+{{- if include "iot-cloud.mqttCASecret" .ctx }}
+- name: IOT_MQTT_CA_FILE
+  value: /etc/mqtt-ca/ca.crt
+{{- end }}
+{{- with include "iot-cloud.mqttCredentialsSecret" . }}
+- name: IOT_MQTT_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: username
+- name: IOT_MQTT_PASSWORD_FILE
+  value: /etc/mqtt-credentials/password
+{{- end }}
+{{- end }}
+
+{{- define "iot-cloud.mqttClientVolumeMounts" -}}
+{{- if include "iot-cloud.mqttCASecret" .ctx }}
+- name: mqtt-ca
+  mountPath: /etc/mqtt-ca
+  readOnly: true
+{{- end }}
+{{- if include "iot-cloud.mqttCredentialsSecret" . }}
+- name: mqtt-credentials
+  mountPath: /etc/mqtt-credentials
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "iot-cloud.mqttClientVolumes" -}}
+{{- with include "iot-cloud.mqttCASecret" .ctx }}
+# Only the CA certificate of the broker's TLS Secret (never its key).
+- name: mqtt-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0444
+    items:
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- with include "iot-cloud.mqttCredentialsSecret" . }}
+- name: mqtt-credentials
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - {key: password, path: password}
 {{- end }}
 {{- end }}
 

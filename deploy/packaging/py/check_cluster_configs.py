@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks the local cluster configs: deploy/k3d/cluster.yaml is valid against k3d's JSON schema,
-and the host ports of kind and k3d (dashboard 5001, console 8086, mosquitto 1883) lead to the
+and the host ports of kind and k3d (dashboard 5001, console 8086, mosquitto 8883, the device listener) lead to the
 NodePorts that deploy/kind/values.yaml and deploy/k3d/values.yaml give those services.
 
     python3 deploy/packaging/py/check_cluster_configs.py K3D_SCHEMA_JSON KIND_PORTS
@@ -16,7 +16,7 @@ import sys
 import jsonschema
 import yaml
 
-WANT_HOST = {"dashboard": 5001, "console": 8086, "mosquitto": 1883}
+WANT_HOST = {"dashboard": 5001, "console": 8086, "mosquitto": 8883}
 
 
 def node_ports(values_file):
