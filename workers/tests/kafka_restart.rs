@@ -2,9 +2,10 @@
 //! is stopped (`deploy/testenv/down.sh kafka`), kept down for `IOT_KAFKA_OUTAGE_SECONDS` (20 by
 //! default) under `IOT_KAFKA_OUTAGE_RATE` msg/s (500) and started again, mid-stream. Meanwhile
 //! the backlog waits in the broker's session for the bridge. Every sequence number must reach the
-//! enriched topic; the bridge and the enrichment never restart, the bridge's MQTT connection never
-//! drops (it keeps polling it while Kafka is away), and their peak memory stays under the
-//! chart's 256 MiB limit. Duplicates are counted and printed. Its own test binary, so that no
+//! enriched topic; the bridge, the enrichment and the dashboard never restart, the bridge's MQTT
+//! connection never drops (it keeps polling it while Kafka is away), the dashboard's Overview
+//! counts every record once Kafka is back, and their peak memory stays under the chart's 256 MiB
+//! limit. Duplicates are counted and printed. Its own test binary, so that no
 //! other test of this crate runs while the broker is down.
 //!
 //! The long form of the issue's acceptance (3 minutes at 1,000 msg/s):
@@ -18,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::loss::{SeqCounter, expected, summary};
-use common::{Installation, peak_rss};
+use common::{Installation, http_get, peak_rss};
 
 fn testenv(script: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,8 +70,23 @@ async fn a_kafka_restart_mid_stream_loses_no_sequence_number() {
     let inst = Installation::new("kafkarestart").await;
     let mut bridge = inst.bridge("bridge-kr-0");
     let mut enrichment = inst.enrichment("all");
+    let (mut dashboard, dashboard_port) = inst.dashboard();
+    let overview_total = move || {
+        http_get(dashboard_port, "/api/overview")
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["stages"]["enriched"]["total"].as_u64())
+    };
     bridge.wait_ready(Duration::from_secs(60)).await;
     enrichment.wait_ready(Duration::from_secs(60)).await;
+    let serving = Instant::now();
+    while overview_total().is_none() {
+        assert!(
+            serving.elapsed() < Duration::from_secs(60),
+            "the dashboard does not serve its Overview"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Counts as records arrive: 200,000 records of the long form are too many to keep and scan.
     let counter = SeqCounter::start(&inst.bootstrap, &[inst.all_enriched_topic()]);
 
@@ -125,17 +141,31 @@ async fn a_kafka_restart_mid_stream_loses_no_sequence_number() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let peaks = [peak_rss(bridge.pid()), peak_rss(enrichment.pid())];
+    // The dashboard reads the all-types topic by assignment: after the outage it counts every
+    // record written (duplicates included).
+    let seen_by_dashboard = loop {
+        let total = overview_total().unwrap_or(0);
+        if total >= published || started.elapsed() > Duration::from_secs(300) + outage {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let peaks = [
+        peak_rss(bridge.pid()),
+        peak_rss(enrichment.pid()),
+        peak_rss(dashboard.pid()),
+    ];
     eprintln!(
         "Kafka down {} s at {rate} msg/s after {at_outage} enriched: {} published, {} missing, \
          {duplicates} duplicates, complete {:.1} s after the load ended; peak RSS bridge {:.1} MiB, \
-         enrichment {:.1} MiB",
+         enrichment {:.1} MiB, dashboard {:.1} MiB; the dashboard counted {seen_by_dashboard}",
         outage.as_secs(),
         summary["published"],
         missing.len(),
         started.elapsed().as_secs_f64(),
         peaks[0] as f64 / 1048576.0,
-        peaks[1] as f64 / 1048576.0
+        peaks[1] as f64 / 1048576.0,
+        peaks[2] as f64 / 1048576.0
     );
     assert_eq!(
         missing.len(),
@@ -153,14 +183,18 @@ async fn a_kafka_restart_mid_stream_loses_no_sequence_number() {
         stranded[0], stranded[1]
     );
     assert!(
-        bridge.is_running() && enrichment.is_running(),
-        "both workers rode out the outage"
+        bridge.is_running() && enrichment.is_running() && dashboard.is_running(),
+        "the workers rode out the outage"
+    );
+    assert!(
+        seen_by_dashboard >= published,
+        "the dashboard counted {seen_by_dashboard} of {published} records after the outage"
     );
     assert!(
         !log.contains("MQTT connection lost"),
         "the bridge's MQTT connection dropped during the Kafka outage"
     );
-    for (who, peak) in ["bridge", "enrichment"].iter().zip(peaks) {
+    for (who, peak) in ["bridge", "enrichment", "dashboard"].iter().zip(peaks) {
         assert!(
             peak > 0 && peak < 256 * 1024 * 1024,
             "{who}'s peak RSS was {peak} bytes; the chart's limit is 256 MiB"

@@ -201,6 +201,20 @@ impl Installation {
         Worker::start(name, &all, env, &self.dir)
     }
 
+    /// The dashboard of this installation, serving on the returned loopback port.
+    pub fn dashboard(&self) -> (Worker, u16) {
+        let port = free_port();
+        let env = self
+            .worker_env()
+            .into_iter()
+            .chain([("IOT_DASHBOARD_ADDR", format!("127.0.0.1:{port}"))])
+            .collect();
+        (
+            Worker::start("dashboard", &["dashboard"], env, &self.dir),
+            port,
+        )
+    }
+
     /// A collector reading `topics` from the beginning.
     pub fn collect(&self, topics: &[String]) -> Collector {
         Collector::start(&self.bootstrap, topics)
@@ -457,7 +471,7 @@ pub fn metric_sum_on(host: &str, port: u16, name: &str) -> Option<f64> {
     )
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_get_on("127.0.0.1", port, path)
 }
 
